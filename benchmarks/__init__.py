@@ -1,0 +1,1 @@
+"""Measurements that print tables and write JSON; not tests."""

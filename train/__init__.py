@@ -1,0 +1,1 @@
+"""Building the world model and agents: data collection, training, pipelines."""
