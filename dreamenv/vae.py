@@ -3,12 +3,19 @@
 Encoder as in the paper: 4 convs (32, 64, 128, 256 filters, kernel 4, stride 2, ReLU) ->
 dense mu, logvar. Two decoders, chosen by the `decoder` field:
   "paper":    dense 1024 -> transposed convs 128k5, 64k5, 32k6, 3k6 (stride 2) -> sigmoid.
-  "subpixel": dense 4·4·256 -> four [3×3 conv to 4C channels + pixel shuffle] stages
-              (4 -> 8 -> 16 -> 32 -> 64) -> sigmoid. Only regular convolutions, whose
-              gradients XLA's CPU backend computes far faster than ConvTranspose's.
+  "subpixel": dense 4·4·256 -> four [3×3 conv to 4C channels + depth-to-space] stages
+              (4 -> 8 -> 16 -> 32 -> 64) -> sigmoid. A different (not equivalent) decoder.
+
+XLA's CPU backend computes gradients of strided and transposed convolutions with slow generic
+loops. So the paper's layers are computed as exactly equal stride-1 convolutions on rearranged
+tensors (`conv_stride2`, `conv_transpose_stride2`): same function, same parameters (flax's
+`Conv` / `ConvTranspose` kernel layout and initialization), several times faster to train.
+`jit_options()` holds the XLA CPU setting that makes those stride-1 convolutions fast too.
 """
 
 from __future__ import annotations
+
+import functools
 
 import flax.linen as nn
 import jax
@@ -17,14 +24,128 @@ import jax.numpy as jnp
 DECODERS = ("paper", "subpixel")
 
 
+def jit_options() -> dict | None:
+    """`jax.jit(..., compiler_options=...)` for VAE training/inference on this backend.
+
+    On CPU, convolutions are kept out of YNNPACK (jaxlib 0.10's default sends some there and
+    they train ~2× slower than Eigen's); YNNPACK still runs the matmuls.
+    """
+    if jax.default_backend() != "cpu":
+        return None
+    return {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+
+
+def init_vae(vae: "VAE", key) -> dict:
+    """Fresh random params for `vae`."""
+    return _compiled_init(vae)(key, jnp.zeros((1, 64, 64, 3), jnp.float32), jax.random.fold_in(key, 1))
+
+
+@functools.cache
+def _compiled_init(vae: "VAE"):
+    # Compiled without backend optimization: init runs once, and on CPU that cuts its compile
+    # time from ~9 s to ~1 s.
+    return jax.jit(vae.init, compiler_options={"xla_backend_optimization_level": 0})
+
+
+def space_to_depth(x, r: int = 2):
+    """[B, H·r, W·r, C] -> [B, H, W, r·r·C], channel index (dy·r + dx)·C + c."""
+    b, h, w, c = x.shape
+    x = x.reshape(b, h // r, r, w // r, r, c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, h // r, w // r, r * r * c)
+
+
+def depth_to_space(x, r: int = 2):
+    """[B, H, W, r·r·C] -> [B, H·r, W·r, C], the inverse of `space_to_depth`."""
+    b, h, w, c = x.shape
+    x = x.reshape(b, h, w, r, r, c // (r * r)).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, h * r, w * r, c // (r * r))
+
+
+def _conv(x, kernel):
+    """Stride-1 VALID convolution. x: [B, H, W, I], kernel: [kh, kw, I, O]."""
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def conv_stride2(x, kernel, bias):
+    """Exactly flax `Conv(O, (k, k), strides=2, padding="VALID")`, k even, as a stride-1 conv.
+
+    out[m] = Σ_t x[2m + t]·w[t] = Σ_a Σ_q x[2(m + a) + q]·w[2a + q]: a (k/2)×(k/2) convolution
+    of the space-to-depth input (phase q moved into channels).
+    x: [B, N, N, I], kernel: [k, k, I, O], bias: [O] -> [B, (N - k)//2 + 1, same, O]
+    """
+    k, _, i, o = kernel.shape
+    if k % 2:
+        raise ValueError(f"conv_stride2 needs an even kernel size, got {k}")
+    half = k // 2
+    n_out = (x.shape[1] - k) // 2 + 1
+    x = x[:, : 2 * (n_out + half - 1), : 2 * (n_out + half - 1)]  # the rows the conv reads
+    w = kernel.reshape(half, 2, half, 2, i, o).transpose(0, 2, 1, 3, 4, 5).reshape(half, half, 4 * i, o)
+    return _conv(space_to_depth(x), w) + bias
+
+
+def conv_transpose_stride2(x, kernel, bias):
+    """Exactly flax `ConvTranspose(O, (k, k), strides=2, padding="VALID")` as a stride-1 conv.
+
+    flax's transposed conv scatters with the flipped kernel f[u] = w[k-1-u]:
+    out[y] = Σ_i x[i]·f[y - 2i]. Output phase p (y = 2m + p) is then an ordinary convolution,
+    out[2m + p] = Σ_j x[m - j]·f[2j + p], so one J×J convolution (J = ceil(k/2), f zero-padded
+    to 2J) makes all four phases as 4·O channels; depth-to-space interleaves them, a crop
+    drops the all-zero last row/column when k is odd. A 1×1 input makes it a matmul.
+    x: [B, N, N, I], kernel: [k, k, I, O], bias: [O] -> [B, 2(N - 1) + k, same, O]
+    """
+    k, _, i, o = kernel.shape
+    n = x.shape[1]
+    flipped = kernel[::-1, ::-1]
+    if x.shape[1:3] == (1, 1):
+        out = x.reshape(-1, i) @ flipped.transpose(2, 0, 1, 3).reshape(i, k * k * o)
+        return out.reshape(-1, k, k, o) + bias
+    j = (k + 1) // 2
+    f = jnp.pad(flipped, ((0, 2 * j - k), (0, 2 * j - k), (0, 0), (0, 0)))
+    # f[2(J-1-a) + p] is tap a of phase p: [a, py, b, px, I, O] -> [a, b, I, (py, px, O)]
+    w = f.reshape(j, 2, j, 2, i, o)[::-1, :, ::-1].transpose(0, 2, 4, 1, 3, 5).reshape(j, j, i, 4 * o)
+    # Pad explicitly: with the padding inside the conv, XLA:CPU computes this kernel's
+    # gradient with swapped operands as a generic loop, ~8× slower.
+    x = jnp.pad(x, ((0, 0), (j - 1, j - 1), (j - 1, j - 1), (0, 0)))
+    size = 2 * (n - 1) + k
+    return depth_to_space(_conv(x, w))[:, :size, :size] + bias
+
+
+class Conv2(nn.Module):
+    """The paper's k×k stride-2 VALID conv; params as flax `nn.Conv` (kernel [k, k, I, O], bias)."""
+
+    features: int
+    kernel_size: int = 4
+
+    @nn.compact
+    def __call__(self, x):
+        k = self.kernel_size
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, k, x.shape[-1], self.features))
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        return conv_stride2(x, kernel, bias)
+
+
+class ConvTranspose2(nn.Module):
+    """The paper's k×k stride-2 VALID transposed conv; params as flax `nn.ConvTranspose`."""
+
+    features: int
+    kernel_size: int
+
+    @nn.compact
+    def __call__(self, x):
+        k = self.kernel_size
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, k, x.shape[-1], self.features))
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        return conv_transpose_stride2(x, kernel, bias)
+
+
 class Encoder(nn.Module):
     latent_dim: int
 
     @nn.compact
     def __call__(self, x):
         # x: [B, 64, 64, 3] -> mu, logvar: [B, latent]
-        for i, feat in enumerate((32, 64, 128, 256)):
-            x = nn.relu(nn.Conv(feat, (4, 4), strides=(2, 2), padding="VALID", name=f"conv{i}")(x))
+        for i, feat in enumerate((32, 64, 128, 256)):  # 64 -> 31 -> 14 -> 6 -> 2
+            x = nn.relu(Conv2(feat, name=f"conv{i}")(x))
         x = x.reshape(x.shape[0], -1)  # [B, 2·2·256]
         mu = nn.Dense(self.latent_dim, name="mu")(x)
         logvar = nn.Dense(self.latent_dim, name="logvar")(x)
@@ -38,16 +159,9 @@ class PaperDecoder(nn.Module):
         x = nn.Dense(1024, name="fc")(z).reshape(z.shape[0], 1, 1, 1024)
         layers = ((128, 5), (64, 5), (32, 6), (3, 6))  # 1 -> 5 -> 13 -> 30 -> 64
         for i, (feat, k) in enumerate(layers):
-            x = nn.ConvTranspose(feat, (k, k), strides=(2, 2), padding="VALID", name=f"deconv{i}")(x)
+            x = ConvTranspose2(feat, k, name=f"deconv{i}")(x)
             x = nn.relu(x) if i < len(layers) - 1 else nn.sigmoid(x)
         return x
-
-
-def pixel_shuffle(x, r: int = 2):
-    """[B, H, W, C·r²] -> [B, H·r, W·r, C] (depth-to-space)."""
-    b, h, w, c = x.shape
-    x = x.reshape(b, h, w, r, r, c // (r * r))
-    return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, h * r, w * r, c // (r * r))
 
 
 class SubpixelDecoder(nn.Module):
@@ -57,7 +171,7 @@ class SubpixelDecoder(nn.Module):
         x = nn.relu(nn.Dense(4 * 4 * 256, name="fc")(z)).reshape(z.shape[0], 4, 4, 256)
         layers = (128, 64, 32, 3)  # 4 -> 8 -> 16 -> 32 -> 64
         for i, feat in enumerate(layers):
-            x = pixel_shuffle(nn.Conv(4 * feat, (3, 3), padding="SAME", name=f"conv{i}")(x))
+            x = depth_to_space(nn.Conv(4 * feat, (3, 3), padding="SAME", name=f"conv{i}")(x))
             x = nn.relu(x) if i < len(layers) - 1 else nn.sigmoid(x)
         return x
 
@@ -66,7 +180,7 @@ class VAE(nn.Module):
     """The vision model V. Config fields are saved in bundles and rebuild the module."""
 
     latent_dim: int = 32
-    decoder: str = "subpixel"
+    decoder: str = "paper"
 
     def setup(self):
         if self.decoder not in DECODERS:

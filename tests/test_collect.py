@@ -1,0 +1,148 @@
+"""Real-data collection: shards, resuming, corruption, failures, policies (tiny rollouts)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+
+import numpy as np
+import pytest
+
+from dreamenv.shards import FIELDS, ShardError, list_shards, load_shard, read_manifest, shard_name, write_shard
+from train.collect import CollectConfig, collect, main, make_env, rollout
+from train.policies import POLICIES, CallablePolicy, make_policy
+
+STEPS = 50
+KILL_MARKER = "DREAMENV_TEST_KILL_MARKER"
+
+
+def _collect(out, episodes=2, **config):
+    return collect(CollectConfig(out=out, max_steps=STEPS, **config), episodes, workers=2, progress=False)
+
+
+@pytest.fixture(scope="module")
+def collected(tmp_path_factory):
+    out = tmp_path_factory.mktemp("rollouts")
+    result = _collect(out)
+    assert not result.failures, result.failures
+    return out, result
+
+
+def _copy(collected, tmp_path):
+    out = tmp_path / "rollouts"
+    shutil.copytree(collected[0], out)
+    return out
+
+
+def test_shards_have_promised_fields(collected):
+    out, result = collected
+    assert [p.name for p in list_shards(out)] == [shard_name(0), shard_name(1)]
+    assert result.collected == 2 and result.frames == 2 * STEPS
+    for episode, path in enumerate(list_shards(out)):
+        data = load_shard(path)
+        steps = len(data["action"])
+        assert steps == STEPS
+        for key, (dtype, shape) in FIELDS.items():
+            assert data[key].dtype == dtype and data[key].shape == (steps, *shape), key
+        assert data["truncated"][-1] and not data["truncated"][:-1].any()
+        assert np.all(data["action"] >= [-1, 0, 0]) and np.all(data["action"] <= [1, 1, 1])
+        assert data["meta"]["episode"] == episode and data["meta"]["policy"] == "mix"
+        assert data["meta"]["seed"] == 0 and data["meta"]["params"]["choice"] in POLICIES
+    entries = read_manifest(out)["shards"]
+    assert [e["file"] for e in entries] == [shard_name(0), shard_name(1)]
+    assert len({e["env_seed"] for e in entries}) == 2
+
+
+def test_rerun_skips_finished_shards(collected, tmp_path):
+    out = _copy(collected, tmp_path)
+    mtimes = [p.stat().st_mtime_ns for p in list_shards(out)]
+    result = _collect(out)
+    assert (result.collected, result.skipped, result.frames) == (0, 2, 0)
+    assert [p.stat().st_mtime_ns for p in list_shards(out)] == mtimes
+
+
+def test_rerun_with_other_settings_refuses_to_mix(collected, tmp_path):
+    out = _copy(collected, tmp_path)
+    result = _collect(out, seed=1)
+    assert sorted(result.failures) == [0, 1]
+    assert "was collected with" in result.failures[0]
+
+
+def test_truncated_or_malformed_shard_names_the_file(collected, tmp_path):
+    path = tmp_path / shard_name(0)
+    raw = (collected[0] / shard_name(0)).read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(ShardError, match=re.escape(str(path))):
+        load_shard(path)
+
+    data = load_shard(collected[0] / shard_name(0))
+    np.savez(path, **{**{k: data[k] for k in FIELDS}, "obs": data["obs"].astype(np.float32)})
+    with pytest.raises(ShardError, match=rf"{re.escape(str(path))}.*'obs' has dtype float32"):
+        load_shard(path)
+    np.savez(path, **{k: data[k] for k in FIELDS if k != "reward"})
+    with pytest.raises(ShardError, match=rf"{re.escape(str(path))}.*missing fields \['reward'\]"):
+        load_shard(path)
+    with pytest.raises(ShardError, match="shape"):
+        write_shard(path, {**data, "reward": data["reward"][:-1]}, {})
+
+
+def test_corrupt_shard_manifest_and_temp_file_are_redone(collected, tmp_path):
+    out = _copy(collected, tmp_path)
+    first = out / shard_name(0)
+    first.write_bytes(first.read_bytes()[:1000])  # truncated shard
+    (out / shard_name(1)).unlink()
+    (out / f".{shard_name(1)}.tmp").write_bytes(b"partial")  # a killed write
+    (out / "manifest.json").write_text('{"shards": [')  # corrupted manifest
+    result = _collect(out)
+    assert (result.collected, result.skipped) == (2, 0) and not result.failures
+    assert [p.name for p in list_shards(out)] == [shard_name(0), shard_name(1)]
+    assert not list(out.glob(".*.tmp"))
+    assert len(read_manifest(out)["shards"]) == 2
+    for name in (shard_name(0), shard_name(1)):  # same seeds -> same data
+        np.testing.assert_array_equal(load_shard(out / name)["obs"], load_shard(collected[0] / name)["obs"])
+
+
+def _drive_straight():
+    return lambda obs: np.array([0.0, 0.5, 0.0])
+
+
+def _killed_once():
+    """An agent whose first act in the whole test run kills its worker process."""
+
+    def act(obs):
+        try:
+            os.close(os.open(os.environ[KILL_MARKER], os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            return np.array([0.0, 0.5, 0.0])
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    return act
+
+
+def test_dead_worker_is_reported_and_others_finish(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(KILL_MARKER, str(tmp_path / "killed"))
+    out = tmp_path / "rollouts"
+    code = main(["--episodes", "3", "--workers", "2", "--max-steps", "20", "--out", str(out), "--policy", "test_collect:_killed_once"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "1 episode(s) failed" in err and "killed by SIGKILL" in err
+    assert len(list_shards(out)) == 2
+
+
+def test_policies_act_in_space_and_deterministically():
+    env = make_env(20)
+    for name in [*POLICIES, "test_collect:_drive_straight"]:
+        runs = [rollout(env, make_policy(name), 5, 6)[0]["action"] for _ in range(2)]
+        np.testing.assert_array_equal(*runs, err_msg=name)
+        assert runs[0].dtype == np.float32 and runs[0].shape == (20, 3)
+        assert np.all(runs[0] >= [-1, 0, 0]) and np.all(runs[0] <= [1, 1, 1]), name
+    env.close()
+
+
+def test_policy_errors_are_clear():
+    with pytest.raises(ValueError, match="unknown policy 'nope'.*'controller'"):
+        make_policy("nope")
+    with pytest.raises(ValueError, match=r"shape \(2,\), expected \(3,\)"):
+        CallablePolicy(lambda obs: np.zeros(2)).act(None, None)

@@ -1,0 +1,120 @@
+"""Encode + MDN-RNN training on tiny synthetic rollouts: shapes, done target, resume, bundle."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import pytest
+from flax import serialization
+
+from dreamenv.checkpoint import load_bundle
+from dreamenv.mdnrnn import MDNRNN
+from dreamenv.shards import shard_name, write_shard
+from train import encode, mdnrnn, vae
+from train.latents import LatentError, LatentSet, load_latents
+from train.mdnrnn import START_STEP
+from train.trainstate import TrainCheckpoint
+
+LENGTHS = [70, 64, 60, 66]
+TINY = ["--hidden-size", "16", "--mixtures", "2", "--batch-size", "8", "--seq-len", "8"]
+
+
+def synthetic_episode(rng, steps, terminal):
+    """A dark square drifting across a grey field; `terminal` ends it with terminated=True."""
+    obs = np.full((steps, 64, 64, 3), 110, np.uint8)
+    for t in range(steps):
+        x = (3 * t) % 56
+        obs[t, 20:28, x : x + 8] = 20
+    episode = dict(
+        obs=obs,
+        action=rng.uniform([-1, 0, 0], [1, 1, 1], (steps, 3)).astype(np.float32),
+        reward=rng.normal(size=steps).astype(np.float32),
+        terminated=np.arange(steps) == steps - 1 if terminal else np.zeros(steps, bool),
+        truncated=np.zeros(steps, bool) if terminal else np.arange(steps) == steps - 1,
+    )
+    return episode
+
+
+@pytest.fixture(scope="module")
+def encoded(tmp_path_factory):
+    root = tmp_path_factory.mktemp("memory")
+    rng = np.random.default_rng(0)
+    (root / "rollouts").mkdir()
+    for i, steps in enumerate(LENGTHS):
+        write_shard(root / "rollouts" / shard_name(i), synthetic_episode(rng, steps, terminal=i % 2 == 0), {})
+    vae.main(["--data", str(root / "rollouts"), "--out", str(root / "vae"), "--steps", "4",
+              "--batch-size", "8", "--latent-dim", "8", "--eval-every", "4", "--eval-frames", "16",
+              "--holdout", "0.25"])
+    encode.main(["--data", str(root / "rollouts"), "--vae", str(root / "vae"), "--out", str(root / "latents")])
+    return root
+
+
+def mdn_args(root, out, steps):
+    return mdnrnn.parse_args(["--latents", str(root / "latents"), "--vae", str(root / "vae"),
+                              "--out", str(out), "--steps", str(steps), "--eval-every", "20",
+                              "--ckpt-every", "10", *TINY])
+
+
+def test_encoded_latents_have_promised_shapes_and_done(encoded):
+    for i, steps in enumerate(LENGTHS):
+        data = load_latents(encoded / "latents" / shard_name(i))
+        assert data["mu"].shape == data["logvar"].shape == (steps, 8)
+        assert data["action"].shape == (steps, 3) and data["reward"].shape == (steps,)
+        # done marks the true terminal step only, never a time-limit truncation
+        expected = np.arange(steps) == steps - 1 if i % 2 == 0 else np.zeros(steps, bool)
+        np.testing.assert_array_equal(data["done"], expected)
+
+
+def test_rerun_skips_and_other_vae_is_detected(encoded, capsys):
+    encode.main(["--data", str(encoded / "rollouts"), "--vae", str(encoded / "vae"), "--out", str(encoded / "latents")])
+    assert f"skipped {len(LENGTHS)} already encoded" in capsys.readouterr().out
+    with pytest.raises(LatentError, match="encoded by VAE .* expected deadbeef"):
+        LatentSet.from_files([encoded / "latents" / shard_name(0)], fingerprint="deadbeef")
+
+
+def test_training_loss_falls_and_bundle_reproduces_training(encoded, tmp_path):
+    args = mdn_args(encoded, tmp_path / "m", steps=200)
+    mdnrnn.train(args)
+    history = json.loads((tmp_path / "m" / "metrics.json").read_text())["history"]
+    assert history[-1]["train"]["nll_per_dim"] < history[0]["train"]["nll_per_dim"] - 0.2
+    held = history[-1]["heldout"]
+    for key in ("nll_per_step", "mse_mixture_mean", "mse_persistence", "mse_ratio_to_persistence",
+                "reward_mae", "reward_corr", "done_auc", "component_usage"):
+        assert key in held
+    np.testing.assert_allclose(sum(held["component_usage"]), 1.0, atol=1e-3)
+
+    bundle = load_bundle(tmp_path / "m" / "bundle")
+    assert bundle.mdnrnn == MDNRNN(latent_dim=8, hidden_size=16, num_mixtures=2)
+    assert bundle.metadata["mdnrnn_metrics"] == held
+    ckpt = TrainCheckpoint(tmp_path / "m" / "checkpoint")
+    state = serialization.msgpack_restore(ckpt.path(ckpt.steps()[-1]).read_bytes())
+    z = np.random.default_rng(1).normal(size=(2, 5, 8)).astype(np.float32)
+    a = np.zeros((2, 5, 3), np.float32)
+    run = lambda p: bundle.mdnrnn.apply(p, bundle.mdnrnn.initial_carry(2), z, a)[1]["mu"]
+    np.testing.assert_array_equal(run(bundle.mdnrnn_params), run(state["params"]))
+    # start latents: encoded frames after the zoom-in, from training rollouts only
+    assert bundle.start_latents.shape[1] == 8 and 1 <= len(bundle.start_latents) <= len(LENGTHS)
+    train_mu = [load_latents(p)["mu"][START_STEP] for p in sorted((encoded / "latents").glob("*.npz"))]
+    for start in bundle.start_latents:
+        assert any(np.array_equal(start, m) for m in train_mu)
+
+
+def test_killed_and_resumed_run_continues_identically(encoded, tmp_path, monkeypatch):
+    mdnrnn.train(mdn_args(encoded, tmp_path / "full", steps=40))
+    save = TrainCheckpoint.save
+
+    def save_then_die(self, state):
+        save(self, state)
+        if int(state["step"]) == 20:
+            raise KeyboardInterrupt  # killed right after the step-20 checkpoint
+
+    monkeypatch.setattr(TrainCheckpoint, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        mdnrnn.train(mdn_args(encoded, tmp_path / "resumed", steps=40))
+    monkeypatch.setattr(TrainCheckpoint, "save", save)
+    mdnrnn.train(mdn_args(encoded, tmp_path / "resumed", steps=40))
+    full, resumed = (load_bundle(tmp_path / d / "bundle").mdnrnn_params for d in ("full", "resumed"))
+    for x, y in zip(jax.tree_util.tree_leaves(full), jax.tree_util.tree_leaves(resumed), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)

@@ -1,0 +1,103 @@
+"""Build a world model from nothing: `python -m train.pipeline [--quick] --out DIR`.
+
+Runs collect -> VAE -> encode -> MDN-RNN in order, each stage as its own command would:
+
+    DIR/rollouts/   real CarRacing-v3 shards          (python -m train.collect)
+    DIR/vae/        VAE run: checkpoints, metrics, recon.png, vae.msgpack (python -m train.vae)
+    DIR/latents/    encoded rollouts                  (python -m train.encode)
+    DIR/mdnrnn/     MDN-RNN run: checkpoints, metrics (python -m train.mdnrnn)
+    DIR/bundle/     the model bundle: gym.make("DreamCarRacing-v0", model="DIR/bundle")
+
+Every stage skips what is already done (finished shards, encoded rollouts) or resumes from its
+checkpoint, so rerunning the same command after an interruption carries on where it stopped.
+`--quick` is a smoke-scale preset (a few short rollouts, a few hundred updates: minutes on
+2 cores); without it the preset is the full-scale one used for the shipped model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from dreamenv.atomic import atomic_write_bytes
+from dreamenv.checkpoint import load_bundle, save_bundle
+from train import collect, encode, mdnrnn, vae
+
+PRESETS = {
+    "quick": dict(episodes=4, max_steps=200, vae_steps=300, vae_batch=32, mdn_steps=300, seq_len=16),
+    "full": dict(episodes=240, max_steps=1000, vae_steps=6000, vae_batch=64, mdn_steps=10_000, seq_len=32),
+}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m train.pipeline", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("runs/pipeline"))
+    p.add_argument("--quick", action="store_true", help="smoke-scale preset")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=None, help="collection workers (default: all cores)")
+    for name in PRESETS["full"]:
+        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=None, help="override the preset")
+    return p.parse_args(argv)
+
+
+def settings(args) -> dict:
+    preset = dict(PRESETS["quick" if args.quick else "full"])
+    preset.update({k: getattr(args, k) for k in preset if getattr(args, k) is not None})
+    return preset
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True, cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def stages(args, s: dict) -> list[tuple[str, callable, list[str]]]:
+    out = args.out
+    workers = ["--workers", str(args.workers)] if args.workers else []
+    eval_every = str(max(s["vae_steps"] // 4, 1))
+    return [
+        ("collect", collect.main, ["--episodes", str(s["episodes"]), "--max-steps", str(s["max_steps"]),
+                                   "--seed", str(args.seed), "--out", str(out / "rollouts"), *workers]),
+        ("vae", vae.main, ["--data", str(out / "rollouts"), "--out", str(out / "vae"),
+                           "--steps", str(s["vae_steps"]), "--batch-size", str(s["vae_batch"]),
+                           "--eval-every", eval_every, "--seed", str(args.seed)]),
+        ("encode", encode.main, ["--data", str(out / "rollouts"), "--vae", str(out / "vae"),
+                                 "--out", str(out / "latents")]),
+        ("mdnrnn", mdnrnn.main, ["--latents", str(out / "latents"), "--vae", str(out / "vae"),
+                                 "--out", str(out / "mdnrnn"), "--bundle", str(out / "bundle"),
+                                 "--steps", str(s["mdn_steps"]), "--seq-len", str(s["seq_len"]),
+                                 "--eval-every", str(max(s["mdn_steps"] // 4, 1)), "--seed", str(args.seed)]),
+    ]
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    s = settings(args)
+    record = {"command": " ".join(["python -m train.pipeline", *(argv if argv is not None else sys.argv[1:])]),
+              "settings": s, "seed": args.seed, "git_commit": git_commit(), "stage_seconds": {}}
+    for name, run, stage_argv in stages(args, s):
+        print(f"== {name}: python -m train.{name} {' '.join(stage_argv)}", flush=True)
+        t0 = time.time()
+        code = run(stage_argv)
+        if code:
+            print(f"train/pipeline.py: stage {name} failed (exit {code}); rerun to resume", file=sys.stderr)
+            return code
+        record["stage_seconds"][name] = round(time.time() - t0, 1)
+    atomic_write_bytes(args.out / "pipeline.json", json.dumps(record, indent=1).encode())
+    bundle = load_bundle(args.out / "bundle")
+    save_bundle(args.out / "bundle", dataclasses.replace(bundle, metadata={**bundle.metadata, "pipeline": record}))
+    print(f"bundle: {args.out / 'bundle'}  (gym.make('DreamCarRacing-v0', model='{args.out / 'bundle'}'))")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
