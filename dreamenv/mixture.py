@@ -11,12 +11,14 @@ component's mean.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
 LOG_SIGMA_MIN = -9.0  # σ ≥ 1.2e-4: keeps 1/σ finite in float32 whatever the head emits
 _MAX_STD_RESIDUAL = 1e6  # |target − μ| / σ is clipped here so its square stays finite
-_LOG_2PI = jnp.log(2.0 * jnp.pi)
+_LOG_2PI = math.log(2.0 * math.pi)
 
 
 def mdn_log_prob(log_pi, mu, log_sigma, target):

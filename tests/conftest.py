@@ -1,0 +1,60 @@
+"""Shared fixtures for the environment tests: tiny random world models and a JAX trace counter."""
+
+import collections
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+from dreamenv.checkpoint import random_bundle, save_bundle
+from dreamenv.mdnrnn import MDNRNN
+from dreamenv.vae import VAE
+
+TINY = dict(vae=VAE(latent_dim=8), mdnrnn=MDNRNN(latent_dim=8, hidden_size=16, num_mixtures=3))
+
+
+def tiny_bundle(seed=0, done_bias=None):
+    """A random tiny bundle; done_bias (e.g. -20 / +20) makes episodes never / always terminate."""
+    bundle = random_bundle(jax.random.key(seed), n_start=5, **TINY)
+    if done_bias is not None:
+        params = jax.tree_util.tree_map(np.asarray, bundle.mdnrnn_params)
+        params["params"]["cell"]["head"]["done"]["bias"] = np.full(1, done_bias, np.float32)
+        bundle = dataclasses.replace(bundle, mdnrnn_params=params)
+    return bundle
+
+
+@pytest.fixture(scope="session")
+def bundle_path(tmp_path_factory):
+    """A saved tiny bundle whose done head fires on ~10% of steps."""
+    return save_bundle(tmp_path_factory.mktemp("bundles") / "tiny", tiny_bundle(done_bias=-0.2))
+
+
+@pytest.fixture(scope="session")
+def endless_path(tmp_path_factory):
+    """A saved tiny bundle that never terminates (episodes end by the time limit)."""
+    return save_bundle(tmp_path_factory.mktemp("bundles") / "endless", tiny_bundle(done_bias=-20.0))
+
+
+@pytest.fixture
+def traces():
+    """Counts JAX traces by function name while the test runs."""
+    counts = collections.Counter()
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/jaxpr_trace_duration":
+            counts[kwargs.get("fun_name", "?")] += 1
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    yield counts
+    jax.monitoring.unregister_event_duration_listener(listener)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Torch's thread pool and XLA's fight over 2 cores: a tiny MLP then takes 10 ms a call."""
+    torch = pytest.importorskip("torch")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
