@@ -163,19 +163,22 @@ def make_train_step(model: VAE, lr: float, kl_tolerance: float):
 
 
 @functools.cache
-def make_evaluate(model: VAE, batch_size: int = 256):
-    """-> evaluate(params, frames uint8 [N, 64, 64, 3]) -> (MSE per pixel, recon of the first 8)."""
+def make_evaluate(model: VAE, batch_size: int = 256, shown: int = 8):
+    """-> evaluate(params, frames uint8 [N, 64, 64, 3]) -> (MSE per pixel, PNG bytes).
+
+    Frames are reconstructed from the posterior mean; the PNG shows `shown` frames spread
+    through `frames` above their reconstructions.
+    """
     recon_fn = jax.jit(lambda p, x: model.apply(p, model.apply(p, x, method=VAE.encode)[0], method=VAE.decode),
                        compiler_options=jit_options())
 
-    def evaluate(params, frames: np.ndarray) -> tuple[float, np.ndarray]:
-        total, first = 0.0, None
+    def evaluate(params, frames: np.ndarray) -> tuple[float, bytes]:
+        total = 0.0
         for i in range(0, len(frames), batch_size):
             x = to_float(frames[i : i + batch_size])
-            recon = np.asarray(recon_fn(params, x))
-            total += float(np.sum(np.square(recon - x), dtype=np.float64))
-            first = recon[:8] if first is None else first
-        return total / frames.size, first
+            total += float(np.sum(np.square(np.asarray(recon_fn(params, x)) - x), dtype=np.float64))
+        picked = frames[np.linspace(0, len(frames) - 1, shown).astype(int)]
+        return total / frames.size, recon_png(picked, np.asarray(recon_fn(params, to_float(picked))))
 
     return evaluate
 
@@ -193,6 +196,28 @@ def recon_png(frames: np.ndarray, recon: np.ndarray) -> bytes:
     buf = io.BytesIO()
     plt.imsave(buf, np.repeat(np.repeat(grid, 2, 0), 2, 1), format="png")
     return buf.getvalue()
+
+
+def mean_terms(pending: list[dict], step: int, ckpt: TrainCheckpoint) -> dict:
+    """Mean of the steps' loss terms (a host sync); raises FloatingPointError on a NaN/inf loss.
+
+    pending: the terms of steps step - len(pending) + 1 .. step.
+    """
+    losses = [float(t["loss"]) for t in pending]
+    bad = [i for i, loss in enumerate(losses) if not np.isfinite(loss)]
+    if bad:
+        good = ckpt.steps()
+        raise FloatingPointError(
+            f"train/vae.py: VAE loss became {losses[bad[0]]} at step {step - len(pending) + bad[0] + 1}; "
+            f"stopped. The last good checkpoint ({'step ' + str(good[-1]) if good else 'none'}) in "
+            f"{ckpt.folder} is kept: lower --lr and rerun to resume from it")
+    return {k: float(np.mean([float(t[k]) for t in pending])) for k in pending[-1]}
+
+
+def write_eval(out: Path, info: dict, history: list, png: bytes) -> None:
+    """OUT/metrics.json (info + history) and OUT/recon.png, each atomically."""
+    atomic_write_bytes(out / "metrics.json", json.dumps({**info, "history": history}, indent=1).encode())
+    atomic_write_bytes(out / "recon.png", png)
 
 
 def check_resume(out: Path, args: argparse.Namespace, resuming: bool) -> None:
@@ -254,17 +279,8 @@ def train(args: argparse.Namespace) -> dict:
         last = step == args.steps
         save, run_eval = step % args.ckpt_every == 0 or last, step % args.eval_every == 0 or last
         if step % LOG_EVERY == 0 or save or run_eval:
-            terms = {k: float(np.mean([float(t[k]) for t in pending])) for k in pending[-1]}
-            bad = [i for i, t in enumerate(pending) if not np.isfinite(float(t["loss"]))]
-            if bad:
-                good = ckpt.steps()
-                raise FloatingPointError(
-                    f"train/vae.py: VAE loss became {float(pending[bad[0]]['loss'])} at step "
-                    f"{step - len(pending) + bad[0] + 1}; stopped. The last good checkpoint "
-                    f"({'step ' + str(good[-1]) if good else 'none'}) in {ckpt.folder} is kept: "
-                    f"lower --lr and rerun to resume from it")
-            timed += len(pending)
-            pending = []
+            terms = mean_terms(pending, step, ckpt)
+            timed, pending = timed + len(pending), []
             bar.set_postfix({k: f"{v:.2f}" for k, v in terms.items()})
         if save:
             if not all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree_util.tree_leaves(params)):
@@ -275,19 +291,17 @@ def train(args: argparse.Namespace) -> dict:
                        "data": {**stream.state_dict(), "group_shards": stream.group_shards}})
         if run_eval:
             seconds = time.perf_counter() - t0
-            mse, recon = evaluate(params, held)
+            mse, png = evaluate(params, held)
             history.append({"step": step, "heldout_mse_per_pixel": mse, "train": terms,
                             "images_per_second": timed * args.batch_size / seconds})
-            atomic_write_bytes(metrics_path, json.dumps({**info, "history": history}, indent=1).encode())
-            atomic_write_bytes(args.out / "recon.png", recon_png(held[:8], recon))
+            write_eval(args.out, info, history, png)
             tqdm.write(f"step {step}: held-out MSE/pixel {mse:.5f}, train loss {terms['loss']:.2f}")
             timed, t0 = 0, time.perf_counter()
     bar.close()
     if not history or history[-1]["step"] != step:  # rerun of a finished run: refresh outputs
-        mse, recon = evaluate(params, held)
+        mse, png = evaluate(params, held)
         history.append({"step": step, "heldout_mse_per_pixel": mse})
-        atomic_write_bytes(metrics_path, json.dumps({**info, "history": history}, indent=1).encode())
-        atomic_write_bytes(args.out / "recon.png", recon_png(held[:8], recon))
+        write_eval(args.out, info, history, png)
     save_vae_run(args.out, model, params)
     return history[-1]
 
