@@ -149,7 +149,8 @@ def make_train_step(model: VAE, lr: float, kl_tolerance: float):
     """-> jitted step(params, opt_state, key, step, frames) -> (params, opt_state, terms), Adam(lr).
 
     The step's noise is fold_in(key, step), so a resumed run draws what an uninterrupted one
-    would. params and opt_state are donated. Cached: reruns in one process reuse the compile.
+    would. Cached: reruns in one process reuse the compile. (Donating params and opt_state
+    made the step 2-5% slower on CPU.)
     """
     optimizer = optax.adam(lr)
 
@@ -159,7 +160,7 @@ def make_train_step(model: VAE, lr: float, kl_tolerance: float):
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, {"loss": loss, **terms}
 
-    return jax.jit(step_fn, donate_argnums=(0, 1), compiler_options=jit_options())
+    return jax.jit(step_fn, compiler_options=jit_options())
 
 
 @functools.cache
