@@ -45,13 +45,19 @@ def mdn_mean(log_pi, mu):
 
 
 def mdn_sample(key, log_pi, mu, log_sigma, temperature=1.0):
-    """One sample per batch element at temperature τ.  -> [..., D]"""
+    """One sample per batch element at temperature τ.  -> [..., D]
+
+    One uniform draw per element feeds both choices (the component by Gumbel-max, the noise by the
+    inverse normal CDF): on CPU a single random-bits call is several times faster than two.
+    """
     temperature = jnp.asarray(temperature, mu.dtype)
-    k_comp, k_noise = jax.random.split(key)
-    tempered = log_pi / jnp.maximum(temperature, 1e-6)
-    sampled = jax.random.categorical(k_comp, tempered, axis=-1)  # [...]
+    k = log_pi.shape[-1]
+    u = jax.random.uniform(key, (*log_pi.shape[:-1], k + mu.shape[-1]), mu.dtype,
+                           minval=jnp.finfo(mu.dtype).tiny)  # in (0, 1)
+    gumbel = -jnp.log(-jnp.log(u[..., :k]))  # [..., K]
+    sampled = jnp.argmax(log_pi / jnp.maximum(temperature, 1e-6) + gumbel, axis=-1)  # [...]
     comp = jnp.where(temperature > 0, sampled, jnp.argmax(log_pi, axis=-1))
     pick = lambda x: jnp.take_along_axis(x, comp[..., None, None], axis=-2)[..., 0, :]
     sigma = jnp.exp(jnp.maximum(pick(log_sigma), LOG_SIGMA_MIN))
-    noise = jax.random.normal(k_noise, sigma.shape, sigma.dtype)
+    noise = jax.scipy.special.ndtri(u[..., k:])  # [..., D] standard normal
     return pick(mu) + sigma * jnp.sqrt(temperature) * noise

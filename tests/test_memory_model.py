@@ -14,7 +14,6 @@ from dreamenv.mdnrnn import MDNRNN
 from dreamenv.shards import shard_name, write_shard
 from train import encode, mdnrnn, vae
 from train.latents import LatentError, LatentSet, load_latents
-from train.mdnrnn import START_STEP
 from train.trainstate import TrainCheckpoint
 
 LENGTHS = [70, 64, 60, 66]
@@ -94,9 +93,9 @@ def test_training_loss_falls_and_bundle_reproduces_training(encoded, tmp_path):
     a = np.zeros((2, 5, 3), np.float32)
     run = lambda p: bundle.mdnrnn.apply(p, bundle.mdnrnn.initial_carry(2), z, a)[1]["mu"]
     np.testing.assert_array_equal(run(bundle.mdnrnn_params), run(state["params"]))
-    # start latents: encoded frames after the zoom-in, from training rollouts only
+    # start latents: the first encoded frame of training rollouts only
     assert bundle.start_latents.shape[1] == 8 and 1 <= len(bundle.start_latents) <= len(LENGTHS)
-    train_mu = [load_latents(p)["mu"][START_STEP] for p in sorted((encoded / "latents").glob("*.npz"))]
+    train_mu = [load_latents(p)["mu"][0] for p in sorted((encoded / "latents").glob("*.npz"))]
     for start in bundle.start_latents:
         assert any(np.array_equal(start, m) for m in train_mu)
 

@@ -1,9 +1,10 @@
-"""`python -m train.pipeline` end to end at a tiny scale: real CarRacing-v3 data to a bundle."""
+"""`python -m train.pipeline` end to end at a tiny scale: real CarRacing-v3 data to a bundle,
+then `python -m train.ship` (float16 check, model card) on its output."""
 
 import json
 
 from dreamenv.checkpoint import load_bundle
-from train import pipeline
+from train import pipeline, ship
 
 TINY = ["--episodes", "2", "--max-steps", "60", "--vae-steps", "6", "--vae-batch", "8",
         "--mdn-steps", "20", "--seq-len", "8", "--workers", "2"]
@@ -14,10 +15,20 @@ def test_pipeline_builds_a_loadable_bundle_and_reruns_as_a_no_op(tmp_path):
     assert pipeline.main(["--quick", "--out", str(out), *TINY]) == 0
     bundle = load_bundle(out / "bundle")
     assert bundle.metadata["trained"] and bundle.metadata["train_rollouts"] == 1
-    assert bundle.start_latents.shape == (1, 32)  # post-zoom frames of the training rollout
+    assert bundle.start_latents.shape == (1, 32)  # the first frame of the training rollout
     record = bundle.metadata["pipeline"]
     assert set(record["stage_seconds"]) == {"collect", "vae", "encode", "mdnrnn"}
     assert json.loads((out / "pipeline.json").read_text())["settings"]["episodes"] == 2
     mtime = (out / "rollouts" / "rollout_000000.npz").stat().st_mtime_ns
     assert pipeline.main(["--quick", "--out", str(out), *TINY]) == 0
     assert (out / "rollouts" / "rollout_000000.npz").stat().st_mtime_ns == mtime
+
+    dest, card = tmp_path / "assets" / "default", tmp_path / "assets" / "MODEL_CARD.md"
+    assert ship.main(["--run", str(out), "--dest", str(dest), "--card", str(card),
+                      "--eval-frames", "16", "--strip-steps", "30"]) == 0
+    shipped = load_bundle(dest)
+    assert shipped.metadata == load_bundle(out / "bundle").metadata and shipped.mdnrnn == bundle.mdnrnn
+    text = card.read_text()
+    assert "| vae_mse_per_pixel |" in text and "| mse_ratio_to_persistence |" in text
+    for png in ("recon.png", "dream.png"):
+        assert (card.parent / "card" / png).read_bytes()[:4] == b"\x89PNG"

@@ -6,6 +6,11 @@ clipped at global norm 1) on random windows of --seq-len steps, evaluates the he
 rollouts every --eval-every steps (metrics JSON), checkpoints atomically every --ckpt-every
 steps and resumes when rerun. A NaN/inf loss stops with an error; the last good checkpoint
 stays. At the end it writes the model bundle (VAE + MDN-RNN + start latents + metrics).
+
+Training latents are the encoder means by default (--z-noise 0), the z LatentCarRacing-v0 feeds
+the memory. Sampling z ~ N(mu, σ²) as the paper does (--z-noise 1) trains the model on inputs noisier
+than the env's; measured on held-out rollouts after 1500 steps, its 1-step mixture-mean MSE was
+1.67× persistence against 0.78× with the means.
 """
 
 from __future__ import annotations
@@ -32,7 +37,6 @@ from train.trainstate import TrainCheckpoint
 from train.vae_run import load_vae_config, load_vae_run
 
 LOG_EVERY = 50  # steps between loss checks (a host sync) and progress updates
-START_STEP = 50  # CarRacing-v3 zooms in for its first ~50 steps; the dream starts after it
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -49,6 +53,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--hidden-size", type=int, default=256)
     p.add_argument("--mixtures", type=int, default=5)
     p.add_argument("--sigma-min", type=float, default=0.01)
+    p.add_argument("--z-noise", type=float, default=0.0,
+                   help="scale of the posterior noise in training latents (1: z ~ N(mu, σ²); 0: means)")
     p.add_argument("--reward-weight", type=float, default=1.0)
     p.add_argument("--done-weight", type=float, default=1.0)
     p.add_argument("--eval-every", type=int, default=2000)
@@ -58,12 +64,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def load_split(args, fingerprint: str) -> tuple[LatentSet, LatentSet]:
+def load_split(latents: Path, vae_run: Path, fingerprint: str) -> tuple[LatentSet, LatentSet]:
     """Train and held-out latent rollouts, split exactly as the VAE run split its shards."""
-    paths = sorted(args.latents.glob("rollout_*.npz"))
+    paths = sorted(latents.glob("rollout_*.npz"))
     if not paths:
-        raise SystemExit(f"no latent files in {args.latents}; run `python -m train.encode` first")
-    vae_args = json.loads((args.vae / "run_config.json").read_text())
+        raise SystemExit(f"no latent files in {latents}; run `python -m train.encode` first")
+    vae_args = json.loads((vae_run / "run_config.json").read_text())
     train_paths, held_paths = split_rollouts(paths, vae_args["holdout"], vae_args["seed"])
     return LatentSet.from_files(train_paths, fingerprint), LatentSet.from_files(held_paths, fingerprint)
 
@@ -80,7 +86,8 @@ def make_update(model: MDNRNN, opt, args, pos_weight: float):
         rollout, start = sample_windows(k_win, data["length"], args.batch_size, args.seq_len)
         window = gather_windows(data, rollout, start, args.seq_len)
         grad_fn = jax.value_and_grad(window_loss, argnums=1, has_aux=True)
-        (_, terms), grads = grad_fn(model, params, window, k_z, pos_weight, args.reward_weight, args.done_weight)
+        (_, terms), grads = grad_fn(model, params, window, k_z, pos_weight, args.reward_weight, args.done_weight,
+                                     args.z_noise)
         updates, opt_state = opt.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, terms
 
@@ -95,16 +102,19 @@ def device_data(data: LatentSet, seq_len: int) -> dict:
 
 
 def start_latents(data: LatentSet) -> np.ndarray:
-    """Encoded frame at START_STEP of each training rollout long enough: [N, D]."""
-    keep = data.length > START_STEP
-    return data.mu[keep, START_STEP].astype(np.float32)
+    """The first encoded frame of each training rollout: [N, D].
+
+    The dream starts where LatentCarRacing-v0 (the real game) does, at the frame reset() returns,
+    zoom-in included, so an agent meets the same first ~50 steps in both.
+    """
+    return data.mu[:, 0].astype(np.float32)
 
 
 def train(args) -> dict:
     vae, vae_params = load_vae_run(args.vae)
     _, frames = load_vae_config(args.vae)
     fingerprint = vae_fingerprint(vae, vae_params)
-    train_set, held = load_split(args, fingerprint)
+    train_set, held = load_split(args.latents, args.vae, fingerprint)
     model = MDNRNN(latent_dim=train_set.mu.shape[-1], action_dim=train_set.action.shape[-1],
                    hidden_size=args.hidden_size, num_mixtures=args.mixtures, sigma_min=args.sigma_min)
     schedule = optax.cosine_decay_schedule(args.lr, args.steps, alpha=args.lr_end / args.lr)

@@ -39,13 +39,16 @@ def gather_windows(data: dict, rollout, start, seq_len: int) -> dict:
     return jax.vmap(one)(rollout, start)
 
 
-def window_loss(model: MDNRNN, params, window: dict, key, done_pos_weight, reward_weight, done_weight):
+def window_loss(model: MDNRNN, params, window: dict, key, done_pos_weight, reward_weight, done_weight,
+                z_noise=0.0):
     """Loss on windows: mixture NLL of z_{t+1} (per latent dim), Huber reward, weighted BCE done.
 
     window: mu, logvar [B, L+1, D]; action [B, L+1, A]; reward, done, valid [B, L+1].
-    z ~ N(mu, σ²) is sampled afresh for inputs and targets alike.
+    z = mu + z_noise·σ·ε is sampled afresh for inputs and targets alike (z_noise = 1: z ~ N(mu, σ²)
+    as in the paper; 0: the encoder means).
     """
-    z = window["mu"] + jnp.exp(0.5 * window["logvar"]) * jax.random.normal(key, window["mu"].shape)
+    eps = jax.random.normal(key, window["mu"].shape)
+    z = window["mu"] + z_noise * jnp.exp(0.5 * window["logvar"]) * eps
     batch = z.shape[0]
     _, out = model.apply(params, model.initial_carry(batch), z[:, :-1], window["action"][:, :-1])
     step_valid = window["valid"][:, :-1]  # [B, L]: the transition from step t exists

@@ -1,0 +1,179 @@
+"""Ship a pipeline run's bundle as the package default: `python -m train.ship --run runs/ship`.
+
+Evaluates the run's bundle stored as float32 and as float16 on the same held-out rollouts (VAE
+reconstruction MSE per pixel; the MDN-RNN's held-out metrics), keeps float16 when no metric moves
+by more than --tolerance (relative), writes it to --dest (default dreamenv/assets/default), and
+writes the model card (dreamenv/assets/MODEL_CARD.md) with its figures in dreamenv/assets/card/:
+the run's held-out reconstruction grid and a strip of dreamed frames under a held-out rollout's
+real actions at τ = 1, above the real frames.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dreamenv import world_model as wm
+from dreamenv.atomic import atomic_write_bytes
+from dreamenv.checkpoint import Bundle, load_bundle, save_bundle
+from dreamenv.shards import list_shards, load_shard
+from train.latents import vae_fingerprint
+from train.mdnrnn import load_split
+from train.mdnrnn_loss import evaluate
+from train.split import split_rollouts
+from train.vae import heldout_frames, make_evaluate, recon_png
+
+ASSETS = Path(__file__).resolve().parents[1] / "dreamenv" / "assets"
+COMPARED = ("vae_mse_per_pixel", "nll_per_step", "mse_ratio_to_persistence", "reward_corr")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m train.ship", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", type=Path, required=True, help="pipeline output folder (train.pipeline --out)")
+    p.add_argument("--dest", type=Path, default=ASSETS / "default")
+    p.add_argument("--card", type=Path, default=ASSETS / "MODEL_CARD.md")
+    p.add_argument("--tolerance", type=float, default=0.01, help="relative metric change float16 may make")
+    p.add_argument("--eval-frames", type=int, default=2048, help="held-out frames for the VAE MSE")
+    p.add_argument("--strip-steps", type=int, default=300, help="dreamed steps in the strip")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def heldout(run: Path) -> list[Path]:
+    """The held-out rollout shards, split as the run's VAE split them."""
+    vae_args = json.loads((run / "vae" / "run_config.json").read_text())
+    return split_rollouts(list_shards(run / "rollouts"), vae_args["holdout"], vae_args["seed"])[1]
+
+
+def metrics(bundle: Bundle, run: Path, frames: np.ndarray) -> dict:
+    """Held-out VAE MSE per pixel and MDN-RNN metrics of `bundle` (params as stored, in float32)."""
+    model = wm.WorldModel.from_bundle(bundle)
+    mse, _ = make_evaluate(bundle.vae)(model.vae_params, frames)
+    _, held = load_split(run / "latents", run / "vae", bundle.metadata["vae_fingerprint"])
+    return {"vae_mse_per_pixel": mse, **evaluate(bundle.mdnrnn, model.mdnrnn_params, held)}
+
+
+def dream_strip(bundle: Bundle, shard: Path, steps: int, seed: int, every: int = 25) -> bytes:
+    """PNG: real frames (top) and the dream from the same first frame under the same actions at
+    τ = 1 (bottom), every `every` steps from 0 to `steps`."""
+    model = wm.WorldModel.from_bundle(bundle)
+    data = load_shard(shard)
+    steps = min(steps, len(data["action"]) - 1)
+    z = wm.encode(model, jnp.asarray(data["obs"][:1]))  # [1, D]
+    state = wm.DreamState(z=z, carry=model.mdnrnn.initial_carry(1), t=jnp.zeros(1, jnp.int32))
+    dreamed = [z]
+    for t, key in enumerate(jax.random.split(jax.random.key(seed), steps)):
+        state, z, _, _ = wm.step(model, state, jnp.asarray(data["action"][t : t + 1]), key, 1.0, obs="z")
+        dreamed.append(z)
+    shown = np.arange(0, steps + 1, every)
+    frames = np.asarray(wm.decode(model, jnp.concatenate([dreamed[t] for t in shown])))
+    return recon_png(data["obs"][shown], frames)
+
+
+def card(run: Path, bundle: Bundle, table: dict, dtype: str, size_mb: float) -> str:
+    """The model card's markdown, from the run's records and the measured table."""
+    meta = bundle.metadata
+    pipeline = meta.get("pipeline", {})
+    vae_hist = json.loads((run / "vae" / "metrics.json").read_text())["history"]
+    mdn_args = meta.get("mdnrnn_args", {})
+    manifest = json.loads((run / "rollouts" / "manifest.json").read_text())["shards"]
+    frames = sum(s["steps"] for s in manifest)
+    choices = {}
+    for s in manifest:
+        choice = s["params"].get("choice", s["policy"])
+        choices[choice] = choices.get(choice, 0) + 1
+    rows = "\n".join(
+        f"| {k} | {table['float32'][k]:.5g} | {table['float16'][k]:.5g} |" for k in table["float32"]
+        if isinstance(table["float32"][k], (int, float))
+    )
+    return f"""# Model card: the default CarRacing-v3 world model
+
+`gym.make("DreamCarRacing-v0")` and `gym.make("LatentCarRacing-v0")` load this bundle
+(`dreamenv/assets/default`, stored as {dtype}, {size_mb:.1f} MB). Rebuild it with
+`{pipeline.get("command", "python -m train.pipeline")}` then `python -m train.ship --run RUN`
+(git commit of the build: `{pipeline.get("git_commit", "unknown")}`).
+
+## Data
+
+{len(manifest)} real CarRacing-v3 rollouts ({frames} frames, up to 1000 steps each, seed
+{manifest[0]["seed"]}), policy `{manifest[0]["policy"]}`; episodes per policy: {json.dumps(choices)}
+(`track` is a noisy scripted follower that reads the simulator's track: privileged, data only).
+Rollouts are split by name hash: {meta.get("train_rollouts")} train, {meta.get("heldout_rollouts")}
+held out (the VAE and the MDN-RNN hold out the same ones).
+
+## Training
+
+- VAE (paper layout, latent 32, KL free bits 0.5/dim): {vae_hist[-1]["step"]} Adam steps of 64
+  frames; held-out MSE/pixel by step: {", ".join(f'{h["step"]}: {h["heldout_mse_per_pixel"]:.5f}' for h in vae_hist)}.
+- MDN-RNN (LSTM 256, 5 components, residual means): {mdn_args.get("steps")} steps, batch
+  {mdn_args.get("batch_size")}, windows of {mdn_args.get("seq_len")}, z noise {mdn_args.get("z_noise")}.
+- Pipeline settings: `{json.dumps(pipeline.get("settings", {}))}`; wall seconds per stage (of the
+  last, possibly resumed, invocation): `{json.dumps(pipeline.get("stage_seconds", {}))}`.
+
+## Held-out metrics (float32 vs the shipped float16)
+
+Targets: VAE MSE/pixel ≤ 0.0015; 1-step mixture-mean MSE ≤ 0.5 × persistence; reward
+correlation ≥ 0.5; done AUC ≥ 0.9 (NaN: no terminal step among the held-out rollouts).
+
+| metric | float32 | float16 |
+|---|---|---|
+{rows}
+
+## Figures
+
+Held-out frames (top) and their reconstructions (bottom):
+
+![reconstructions](card/recon.png)
+
+A dream from a held-out rollout's first frame under its real actions at τ = 1, every 25 steps
+(top: the real game; bottom: the dream):
+
+![dream strip](card/dream.png)
+
+## Known limits
+
+- Per-step reward is a tile-crossing spike the 64×64 frame barely shows, so the reward head
+  predicts its expected rate; returns over many steps are much better predicted than single steps
+  (see `python -m benchmarks.fidelity`).
+- Terminations are rare in the data (lap completions, leaving the playfield); the done head has
+  seen few of them.
+- The dream is only as good as the states the data covers; see the fidelity benchmark for
+  open-loop error by horizon.
+"""
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    bundle = load_bundle(args.run / "bundle")
+    if vae_fingerprint(bundle.vae, bundle.vae_params) != bundle.metadata.get("vae_fingerprint"):
+        raise SystemExit(f"train/ship.py: {args.run / 'bundle'}'s VAE is not the one its latents came from")
+    held_paths = heldout(args.run)
+    frames = heldout_frames(held_paths, args.eval_frames)
+    with tempfile.TemporaryDirectory() as tmp:
+        half = load_bundle(save_bundle(Path(tmp) / "f16", bundle, dtype="float16"))
+        table = {"float32": metrics(bundle, args.run, frames), "float16": metrics(half, args.run, frames)}
+        same = all(abs(table["float16"][k] - table["float32"][k]) <= args.tolerance * abs(table["float32"][k])
+                   for k in COMPARED if np.isfinite(table["float32"][k]))
+        dtype = "float16" if same else "float32"
+        save_bundle(args.dest, bundle, dtype=dtype)  # replaces any bundle there atomically
+    size_mb = sum(f.stat().st_size for f in args.dest.rglob("*") if f.is_file()) / 2**20
+    (args.card.parent / "card").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(args.run / "vae" / "recon.png", args.card.parent / "card" / "recon.png")
+    atomic_write_bytes(args.card.parent / "card" / "dream.png",
+                       dream_strip(load_bundle(args.dest), held_paths[0], args.strip_steps, args.seed))
+    atomic_write_bytes(args.card, card(args.run, bundle, table, dtype, size_mb).encode())
+    print(json.dumps({"dtype": dtype, "size_mb": round(size_mb, 2), **table}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
