@@ -1,5 +1,7 @@
 """MDN-RNN training math: window sampling, masks, the done target, AUC."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -67,3 +69,25 @@ def test_auc_matches_pairwise_count():
     pairwise = ((pos[:, None] > neg[None]) + 0.5 * (pos[:, None] == neg[None])).mean()
     np.testing.assert_allclose(auc(scores, labels), pairwise, rtol=1e-9)
     assert np.isnan(auc(scores, np.zeros(300, bool)))
+
+
+def test_weighted_done_loss_keeps_the_head_calibrated():
+    """Whatever the terminal weight, the BCE's best constant logit is the log-odds of done."""
+    model = MDNRNN(latent_dim=4, hidden_size=8, num_mixtures=2)
+    window = gather_windows(jax.device_put(padded([4, 30])), jnp.array([0, 1]), jnp.array([0, 10]), seq_len=6)
+    steps = window["valid"][:, :-1]
+    rate = float(window["done"][:, :-1][steps].mean())  # one terminal among the valid steps
+    params = model.init(jax.random.key(0), model.initial_carry(1), jnp.zeros((1, 1, 4)), jnp.zeros((1, 1, 3)))
+
+    @jax.jit
+    @functools.partial(jax.vmap, in_axes=(0, None))
+    def bce(bias, weight):  # a constant done logit = bias
+        head = {"kernel": jnp.zeros((8, 1)), "bias": bias[None]}
+        p = {"params": {**params["params"], "cell": {**params["params"]["cell"], "head": {
+            **params["params"]["cell"]["head"], "done": head}}}}
+        return window_loss(model, p, window, jax.random.key(1), weight, 1.0, 1.0)[1]["done_bce"]
+
+    grid = jnp.linspace(-5.0, 2.0, 141)
+    for weight in (1.0, 30.0):
+        best = float(grid[jnp.argmin(bce(grid, weight))])
+        np.testing.assert_allclose(best, np.log(rate / (1 - rate)), atol=0.05)

@@ -43,6 +43,10 @@ def window_loss(model: MDNRNN, params, window: dict, key, done_pos_weight, rewar
                 z_noise=0.0):
     """Loss on windows: mixture NLL of z_{t+1} (per latent dim), Huber reward, weighted BCE done.
 
+    Terminal steps are rare, so the done BCE weights them by done_pos_weight (w). It is taken on
+    done_logit + log w: weighted BCE's optimum is then done_logit = log(p / (1 − p)), so the head
+    stays calibrated and the env's "P(done) > 0.5" means what it says.
+
     window: mu, logvar [B, L+1, D]; action [B, L+1, A]; reward, done, valid [B, L+1].
     z = mu + z_noise·σ·ε is sampled afresh for inputs and targets alike (z_noise = 1: z ~ N(mu, σ²)
     as in the paper; 0: the encoder means).
@@ -59,7 +63,7 @@ def window_loss(model: MDNRNN, params, window: dict, key, done_pos_weight, rewar
     n = jnp.maximum(w.sum(), 1.0)
     reward = jnp.sum(optax.huber_loss(out["reward"], window["reward"][:, :-1]) * w) / n
     done = window["done"][:, :-1].astype(jnp.float32)
-    bce = optax.sigmoid_binary_cross_entropy(out["done_logit"], done)
+    bce = optax.sigmoid_binary_cross_entropy(out["done_logit"] + jnp.log(done_pos_weight), done)
     bce = jnp.sum(bce * (1.0 + (done_pos_weight - 1.0) * done) * w) / n
     total = nll + reward_weight * reward + done_weight * bce
     return total, dict(loss=total, nll_per_dim=nll, reward_huber=reward, done_bce=bce)
