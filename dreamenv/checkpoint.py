@@ -28,7 +28,7 @@ from dreamenv.frames import FrameConfig
 from dreamenv.mdnrnn import MDNRNN
 from dreamenv.vae import VAE
 
-FORMAT_VERSION = 2  # 2: residual MDN-RNN means (mu = z_t + Δ); version-1 bundles would run wrongly
+FORMAT_VERSION = 3  # 3: the MDN-RNN config says whether its means are residual; 2 had no such field
 CONFIG_FILE = "config.json"
 PARAMS_FILE = "params.msgpack"
 STORAGE_DTYPES = ("float32", "float16")

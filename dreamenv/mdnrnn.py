@@ -1,9 +1,12 @@
 """MDN-RNN: an LSTM over (z_t, a_t) with a mixture-of-Gaussians head for z_{t+1},
 plus reward and done heads.
 
-Component means are residual, mu_k = z_t + Δ_k(h_{t+1}): consecutive CarRacing frames differ
-little, so "no change" is the starting prediction and the head learns the motion (zero Δ weights
-give exactly the persistence model).
+Component means are absolute, mu_k = f_k(h_{t+1}), as in the paper (`residual=False`, the
+default), or residual, mu_k = z_t + Δ_k(h_{t+1}) (`residual=True`). Residual means fit one step
+better (zero Δ weights give exactly the persistence model) but have no pull back to the data:
+dreamed open-loop, their errors add up like a random walk. Measured on a model trained on 240
+rollouts, mean |z| grew from 0.5 to 6.8 in 150 dreamed steps at τ = 0 (real latents: 0.25), a
+third of the dims hit the ±10 clip, and the done head fired within ~200 steps whatever the action.
 
 `MDNRNN.step` is one application of the cell; `MDNRNN.__call__` unrolls *that same cell*
 (same submodule, same parameters) over time with `nn.scan`. The environments call `step`.
@@ -26,23 +29,23 @@ class MDNHead(nn.Module):
     latent_dim: int
     num_mixtures: int
     sigma_min: float
+    residual: bool
 
     @nn.compact
     def __call__(self, h, z):
         k, d = self.num_mixtures, self.latent_dim
         logits = nn.Dense(k, name="pi")(h)
-        # Components start apart (Δ bias ~ N(0, 0.1²), ≈ a step's motion) against mode collapse.
-        delta = nn.Dense(k * d, bias_init=nn.initializers.normal(0.1), name="mu")(h)
+        # Components start apart (bias ~ N(0, 0.1²), ≈ a step's motion) against mode collapse.
+        means = nn.Dense(k * d, bias_init=nn.initializers.normal(0.1), name="mu")(h).reshape(*h.shape[:-1], k, d)
         raw_sigma = nn.Dense(k * d, name="sigma")(h)
         # σ = σ_min + softplus(raw): smooth, never below the floor (no overconfidence).
         sigma = self.sigma_min + jax.nn.softplus(raw_sigma)
         reward = nn.Dense(1, name="reward")(h)[..., 0]
         done_logit = nn.Dense(1, name="done")(h)[..., 0]
-        batch = h.shape[:-1]
         return dict(
             log_pi=jax.nn.log_softmax(logits, axis=-1),
-            mu=z[..., None, :] + delta.reshape(*batch, k, d),
-            log_sigma=jnp.maximum(jnp.log(sigma), LOG_SIGMA_MIN).reshape(*batch, k, d),
+            mu=z[..., None, :] + means if self.residual else means,
+            log_sigma=jnp.maximum(jnp.log(sigma), LOG_SIGMA_MIN).reshape(*h.shape[:-1], k, d),
             reward=reward,
             done_logit=done_logit,
         )
@@ -55,13 +58,14 @@ class MDNCell(nn.Module):
     hidden_size: int
     num_mixtures: int
     sigma_min: float
+    residual: bool
 
     @nn.compact
     def __call__(self, carry, x):
         # x: [B, D + A]; carry: (c, h) each [B, H]
         carry, h = nn.LSTMCell(self.hidden_size, name="lstm")(carry, x)
         z = x[..., : self.latent_dim]
-        out = MDNHead(self.latent_dim, self.num_mixtures, self.sigma_min, name="head")(h, z)
+        out = MDNHead(self.latent_dim, self.num_mixtures, self.sigma_min, self.residual, name="head")(h, z)
         return carry, dict(h=h, **out)
 
 
@@ -73,9 +77,10 @@ class MDNRNN(nn.Module):
     hidden_size: int = 256
     num_mixtures: int = 5
     sigma_min: float = 0.01
+    residual: bool = False
 
     def setup(self):
-        self.cell = MDNCell(self.latent_dim, self.hidden_size, self.num_mixtures, self.sigma_min)
+        self.cell = MDNCell(self.latent_dim, self.hidden_size, self.num_mixtures, self.sigma_min, self.residual)
 
     def initial_carry(self, batch: int) -> Carry:
         """Zero LSTM state: (c, h), each [batch, hidden_size]."""

@@ -35,9 +35,10 @@ def write_shards(folder, lengths=(STEPS, STEPS, STEPS), seed=0, terminal=True):
 
 
 def copying_bundle(constant_latents=False):
-    """A bundle whose MDN-RNN predicts exactly z_t (zero residual); optionally an encoder whose
-    latent is the same for every frame (zero mean kernel)."""
+    """A bundle whose MDN-RNN predicts exactly z_t (residual means, zero residual); optionally an
+    encoder whose latent is the same for every frame (zero mean kernel)."""
     bundle = tiny_bundle()
+    bundle = dataclasses.replace(bundle, mdnrnn=bundle.mdnrnn.clone(residual=True))
     mdn = jax.tree_util.tree_map(np.array, bundle.mdnrnn_params)
     head = mdn["params"]["cell"]["head"]["mu"]
     head["kernel"][:], head["bias"][:] = 0.0, 0.0

@@ -4,6 +4,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from dreamenv.mdnrnn import MDNRNN
 
@@ -29,9 +30,11 @@ def test_outputs_shapes_and_constraints():
     assert float(jnp.exp(out["log_sigma"]).min()) >= 0.05 * (1 - 1e-6)
 
 
-def test_component_means_are_residual_and_start_apart():
-    """mu_k = z_t + Δ_k(h): zero Δ weights give persistence exactly; at init the K means differ."""
-    model = MDNRNN()
+@pytest.mark.parametrize("residual", [False, True])
+def test_component_means_start_apart_and_are_absolute_or_residual(residual):
+    """Absolute: mu_k = f_k(h); residual: mu_k = z_t + Δ_k(h). Zero mean-head weights give zeros
+    (absolute) or persistence (residual) exactly; at init the K means differ."""
+    model = MDNRNN(residual=residual)
     params, carry, z, a = setup_model(model)
     _, out = model.apply(params, model.initial_carry(3), z, a)
     mu = np.asarray(out["mu"][0, 0])  # [K, D]
@@ -41,7 +44,8 @@ def test_component_means_are_residual_and_start_apart():
     head = zeroed["params"]["cell"]["head"]["mu"]
     head["kernel"], head["bias"] = np.zeros_like(head["kernel"]), np.zeros_like(head["bias"])
     _, out = model.apply(zeroed, carry, z, a)
-    np.testing.assert_array_equal(out["mu"], np.broadcast_to(z[:, :, None], out["mu"].shape))
+    expected = z[:, :, None] if residual else np.zeros_like(z[:, :, None])
+    np.testing.assert_array_equal(out["mu"], np.broadcast_to(expected, out["mu"].shape))
 
 
 def test_step_by_step_equals_scan():

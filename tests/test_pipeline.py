@@ -18,10 +18,13 @@ def test_pipeline_builds_a_loadable_bundle_and_reruns_as_a_no_op(tmp_path):
     assert bundle.start_latents.shape == (1, 32)  # the first frame of the training rollout
     record = bundle.metadata["pipeline"]
     assert set(record["stage_seconds"]) == {"collect", "vae", "encode", "mdnrnn"}
+    assert record["data"]["rollouts"] == 2 and 2 <= record["data"]["frames"] <= 120
     assert json.loads((out / "pipeline.json").read_text())["settings"]["episodes"] == 2
     mtime = (out / "rollouts" / "rollout_000000.npz").stat().st_mtime_ns
     assert pipeline.main(["--quick", "--out", str(out), *TINY]) == 0
     assert (out / "rollouts" / "rollout_000000.npz").stat().st_mtime_ns == mtime
+    rerun = load_bundle(out / "bundle").metadata["pipeline"]["stage_seconds"]
+    assert all(rerun[k] >= record["stage_seconds"][k] for k in rerun)  # resumes add up
 
     dest, card = tmp_path / "assets" / "default", tmp_path / "assets" / "MODEL_CARD.md"
     assert ship.main(["--run", str(out), "--dest", str(dest), "--card", str(card),

@@ -26,11 +26,12 @@ from pathlib import Path
 
 from dreamenv.atomic import atomic_write_bytes
 from dreamenv.checkpoint import load_bundle, save_bundle
+from dreamenv.shards import read_manifest
 from train import collect, encode, mdnrnn, vae
 
 PRESETS = {
     "quick": dict(episodes=4, max_steps=200, vae_steps=300, vae_batch=32, mdn_steps=300, seq_len=16),
-    "full": dict(episodes=240, max_steps=1000, vae_steps=6000, vae_batch=64, mdn_steps=10_000, seq_len=32),
+    "full": dict(episodes=240, max_steps=1000, vae_steps=6000, vae_batch=64, mdn_steps=20_000, seq_len=32),
 }
 
 
@@ -79,20 +80,31 @@ def stages(args, s: dict) -> list[tuple[str, callable, list[str]]]:
     ]
 
 
+def data_size(rollouts: Path) -> dict:
+    """Rollouts and frames in the collection's manifest."""
+    shards = read_manifest(rollouts)["shards"]
+    return {"rollouts": len(shards), "frames": sum(s["steps"] for s in shards)}
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     s = settings(args)
+    path = args.out / "pipeline.json"
+    spent = json.loads(path.read_text())["stage_seconds"] if path.is_file() else {}
     record = {"command": " ".join(["python -m train.pipeline", *(argv if argv is not None else sys.argv[1:])]),
-              "settings": s, "seed": args.seed, "git_commit": git_commit(), "stage_seconds": {}}
+              "settings": s, "seed": args.seed, "git_commit": git_commit(), "stage_seconds": spent}
     for name, run, stage_argv in stages(args, s):
         print(f"== {name}: python -m train.{name} {' '.join(stage_argv)}", flush=True)
         t0 = time.time()
         code = run(stage_argv)
+        # wall time summed over invocations: an interrupted-and-resumed stage counts all its runs
+        spent[name] = round(spent.get(name, 0.0) + time.time() - t0, 1)
+        atomic_write_bytes(path, json.dumps(record, indent=1).encode())
         if code:
             print(f"train/pipeline.py: stage {name} failed (exit {code}); rerun to resume", file=sys.stderr)
             return code
-        record["stage_seconds"][name] = round(time.time() - t0, 1)
-    atomic_write_bytes(args.out / "pipeline.json", json.dumps(record, indent=1).encode())
+    record["data"] = data_size(args.out / "rollouts")
+    atomic_write_bytes(path, json.dumps(record, indent=1).encode())
     bundle = load_bundle(args.out / "bundle")
     save_bundle(args.out / "bundle", dataclasses.replace(bundle, metadata={**bundle.metadata, "pipeline": record}))
     print(f"bundle: {args.out / 'bundle'}  (gym.make('DreamCarRacing-v0', model='{args.out / 'bundle'}'))")

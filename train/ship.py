@@ -114,10 +114,10 @@ held out (the VAE and the MDN-RNN hold out the same ones).
 
 - VAE (paper layout, latent 32, KL free bits 0.5/dim): {vae_hist[-1]["step"]} Adam steps of 64
   frames; held-out MSE/pixel by step: {", ".join(f'{h["step"]}: {h["heldout_mse_per_pixel"]:.5f}' for h in vae_hist)}.
-- MDN-RNN (LSTM 256, 5 components, residual means): {mdn_args.get("steps")} steps, batch
+- MDN-RNN (LSTM 256, 5 components, {"residual" if bundle.mdnrnn.residual else "absolute"} means): {mdn_args.get("steps")} steps, batch
   {mdn_args.get("batch_size")}, windows of {mdn_args.get("seq_len")}, z noise {mdn_args.get("z_noise")}.
-- Pipeline settings: `{json.dumps(pipeline.get("settings", {}))}`; wall seconds per stage (of the
-  last, possibly resumed, invocation): `{json.dumps(pipeline.get("stage_seconds", {}))}`.
+- Pipeline settings: `{json.dumps(pipeline.get("settings", {}))}`; wall seconds per stage (summed
+  over invocations, resumes included): `{json.dumps(pipeline.get("stage_seconds", {}))}`.
 
 ## Held-out metrics (float32 vs the shipped float16)
 
