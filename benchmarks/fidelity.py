@@ -34,6 +34,7 @@ from benchmarks.open_loop import open_loop, teacher_forced
 from dreamenv import world_model as wm
 from dreamenv.atomic import atomic_write
 from dreamenv.checkpoint import Bundle, load_bundle
+from dreamenv.envs.dream import DEFAULT_MODEL
 from train.mdnrnn_loss import auc
 
 MAX_HORIZON = 200
@@ -180,7 +181,7 @@ def frame_metrics(model, real, mean, sampled, target, z_s, grid) -> tuple[dict, 
 
 
 def run(
-    model: str | Path | Bundle = "runs/v1/bundle",
+    model: str | Path | Bundle = DEFAULT_MODEL,
     shards: str | Path = "data/rollouts",
     heldout_of: str | Path | None = None,
     horizon: int = MAX_HORIZON,
@@ -255,7 +256,7 @@ def _with_start(model, z_s, z_path):
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.fidelity", description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="runs/v1/bundle", help="a bundle folder")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="a bundle folder (default: the shipped one)")
     p.add_argument("--shards", default="data/rollouts", help="a folder of rollout shards (any policy)")
     p.add_argument("--heldout-of", default=None, help="a VAE run folder: keep only the shards its split held out")
     p.add_argument("--horizon", type=int, default=MAX_HORIZON, help=f"open-loop steps (at most {MAX_HORIZON})")

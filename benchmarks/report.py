@@ -25,6 +25,7 @@ from benchmarks import fidelity, throughput
 from benchmarks.fidelity_tables import markdown as fidelity_markdown
 from dreamenv.atomic import atomic_write
 from dreamenv.checkpoint import load_bundle
+from dreamenv.envs.dream import DEFAULT_MODEL
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_AGENT = ROOT / "benchmarks/results/ppo_driver.zip"
@@ -134,7 +135,7 @@ def transfer_section(out: Path, model: Path, agent: Path | None, budget: dict) -
     return f"Agent: `{agent}`. JSON: [transfer.json](transfer.json).\n\n{result['markdown']}"
 
 
-def report(out: str | Path = "benchmarks/out/report", model: str | Path = "runs/v1/bundle",
+def report(out: str | Path = "benchmarks/out/report", model: str | Path = DEFAULT_MODEL,
            agent: str | Path | None = None, budget: str = "default", shards: str | Path = "data/rollouts",
            heldout_of: str | Path | None = None, publish: bool = False) -> Path:
     """Run the benchmarks at `budget` ("smoke" | "default" | "full"); -> the path of report.md."""
@@ -185,7 +186,7 @@ def publish_report(out: Path, dest: Path = PUBLISHED) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.split("\n")[0])
     p.add_argument("--out", default="benchmarks/out/report", help="output folder")
-    p.add_argument("--model", default="runs/v1/bundle", help="a bundle folder")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="a bundle folder (default: the shipped one)")
     p.add_argument("--agent", default=None,
                    help=f"an agent to transfer (default: {os.path.relpath(DEFAULT_AGENT, ROOT)} if it exists)")
     p.add_argument("--shards", default="data/rollouts", help="real rollout shards for the fidelity benchmark")

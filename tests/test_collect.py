@@ -63,6 +63,36 @@ def test_rerun_skips_finished_shards(collected, tmp_path):
     assert [p.stat().st_mtime_ns for p in list_shards(out)] == mtimes
 
 
+def test_another_policy_adds_episodes_after_the_first(collected, tmp_path):
+    out = _copy(collected, tmp_path)
+    result = collect(CollectConfig(out=out, max_steps=STEPS, policy="track-perturbed"), 1, workers=1,
+                     progress=False, first=2)
+    assert not result.failures and result.collected == 1
+    entries = read_manifest(out)["shards"]
+    assert [(e["file"], e["policy"]) for e in entries] == [
+        (shard_name(0), "mix"), (shard_name(1), "mix"), (shard_name(2), "track-perturbed")]
+    assert load_shard(out / shard_name(2))["meta"]["params"]["perturbed_share"] >= 0.2
+
+
+def test_perturbed_follower_overrides_a_share_of_segments():
+    """Some segments carry drawn actions (whatever the state), the rest the follower's own."""
+    env = make_env(300)
+    policy = make_policy("track-perturbed")
+    obs, _ = env.reset(seed=5)
+    policy.reset(np.random.default_rng(3), env)
+    overridden = 0
+    for _ in range(300):
+        action = policy.act(obs, env)
+        if policy.override is not None:
+            overridden += 1
+            for i, value in enumerate(policy.override):
+                if value is not None:
+                    assert action[i] == pytest.approx(value, abs=1e-6)
+        obs, *_ = env.step(action)
+    env.close()
+    assert 0 < overridden < 300
+
+
 def test_rerun_with_other_settings_refuses_to_mix(collected, tmp_path):
     out = _copy(collected, tmp_path)
     result = _collect(out, seed=1)

@@ -6,7 +6,7 @@ import json
 from dreamenv.checkpoint import load_bundle
 from train import pipeline, ship
 
-TINY = ["--episodes", "2", "--max-steps", "60", "--vae-steps", "6", "--vae-batch", "8",
+TINY = ["--episodes", "2", "--perturbed-episodes", "1", "--max-steps", "60", "--vae-steps", "6", "--vae-batch", "8",
         "--mdn-steps", "20", "--seq-len", "8", "--workers", "2"]
 
 
@@ -14,11 +14,15 @@ def test_pipeline_builds_a_loadable_bundle_and_reruns_as_a_no_op(tmp_path):
     out = tmp_path / "run"
     assert pipeline.main(["--quick", "--out", str(out), *TINY]) == 0
     bundle = load_bundle(out / "bundle")
-    assert bundle.metadata["trained"] and bundle.metadata["train_rollouts"] == 1
-    assert bundle.start_latents.shape == (1, 32)  # the first frame of the training rollout
+    assert bundle.metadata["trained"]
+    train_rollouts = bundle.metadata["train_rollouts"]
+    assert train_rollouts + bundle.metadata["heldout_rollouts"] == 3 and train_rollouts >= 1
+    assert bundle.start_latents.shape == (train_rollouts, 32)  # the first frame of each training rollout
     record = bundle.metadata["pipeline"]
-    assert set(record["stage_seconds"]) == {"collect", "vae", "encode", "mdnrnn"}
-    assert record["data"]["rollouts"] == 2 and 2 <= record["data"]["frames"] <= 120
+    assert set(record["stage_seconds"]) == {"collect", "collect-perturbed", "vae", "encode", "mdnrnn"}
+    assert record["data"]["rollouts"] == 3 and 3 <= record["data"]["frames"] <= 180
+    manifest = json.loads((out / "rollouts" / "manifest.json").read_text())["shards"]
+    assert [s["policy"] for s in manifest] == ["mix", "mix", "track-perturbed"]
     assert json.loads((out / "pipeline.json").read_text())["settings"]["episodes"] == 2
     mtime = (out / "rollouts" / "rollout_000000.npz").stat().st_mtime_ns
     assert pipeline.main(["--quick", "--out", str(out), *TINY]) == 0

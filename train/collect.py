@@ -257,8 +257,9 @@ def run_workers(config: CollectConfig, episodes: list[int], workers: int, on_out
             w.stop()
 
 
-def collect(config: CollectConfig, episodes: int, workers: int, progress: bool = True) -> CollectResult:
-    """Collect episodes 0..episodes-1 into config.out; keeps manifest.json up to date."""
+def collect(config: CollectConfig, episodes: int, workers: int, progress: bool = True,
+            first: int = 0) -> CollectResult:
+    """Collect episodes first..first+episodes-1 into config.out; keeps manifest.json up to date."""
     make_policy(config.policy)  # fail fast on an unknown policy, before spawning workers
     config.out.mkdir(parents=True, exist_ok=True)
     manifest = _load_manifest_entries(config.out)
@@ -288,7 +289,7 @@ def collect(config: CollectConfig, episodes: int, workers: int, progress: bool =
         )
 
     try:
-        run_workers(config, list(range(episodes)), workers, on_outcome)
+        run_workers(config, list(range(first, first + episodes)), workers, on_outcome)
     finally:
         bar.close()
     return result
@@ -312,7 +313,9 @@ def default_workers() -> int:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m train.collect", description=__doc__.split("\n")[0])
-    p.add_argument("--episodes", type=int, default=240, help="number of rollouts (episode indices 0..N-1)")
+    p.add_argument("--episodes", type=int, default=240, help="number of rollouts")
+    p.add_argument("--first-episode", type=int, default=0,
+                   help="index of the first (episodes first..first+N-1): add rollouts of another policy to a folder")
     p.add_argument("--workers", type=int, default=default_workers(), help="worker processes (default: all cores)")
     p.add_argument("--seed", type=int, default=0, help="base seed; episode i derives its seeds from (seed, i)")
     p.add_argument("--out", type=Path, default=Path("data/rollouts"), help="output folder for shards and manifest.json")
@@ -322,6 +325,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for flag in ("episodes", "workers", "max_steps"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+    if args.first_episode < 0:
+        p.error(f"--first-episode must be >= 0, got {args.first_episode}")
     if args.policy not in POLICIES and ":" not in args.policy:
         p.error(f"unknown --policy '{args.policy}'; choose from {', '.join(POLICIES)} or package.module:factory")
     return args
@@ -330,7 +335,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     config = CollectConfig(out=args.out, policy=args.policy, seed=args.seed, max_steps=args.max_steps)
-    result = collect(config, args.episodes, args.workers)
+    result = collect(config, args.episodes, args.workers, first=args.first_episode)
     print(
         f"collected {result.collected}, skipped {result.skipped} finished, "
         f"{result.frames} frames in {result.seconds:.0f}s -> {config.out}"

@@ -2,7 +2,9 @@
 
 Runs collect -> VAE -> encode -> MDN-RNN in order, each stage as its own command would:
 
-    DIR/rollouts/   real CarRacing-v3 shards          (python -m train.collect)
+    DIR/rollouts/   real CarRacing-v3 shards          (python -m train.collect): --episodes of the
+                    default mix, then --perturbed-episodes of the perturbed track-follower
+                    (state-independent actions: what each action does, see train/policies.py)
     DIR/vae/        VAE run: checkpoints, metrics, recon.png, vae.msgpack (python -m train.vae)
     DIR/latents/    encoded rollouts                  (python -m train.encode)
     DIR/mdnrnn/     MDN-RNN run: checkpoints, metrics (python -m train.mdnrnn)
@@ -30,8 +32,10 @@ from dreamenv.shards import read_manifest
 from train import collect, encode, mdnrnn, vae
 
 PRESETS = {
-    "quick": dict(episodes=4, max_steps=200, vae_steps=300, vae_batch=32, mdn_steps=300, seq_len=16),
-    "full": dict(episodes=240, max_steps=1000, vae_steps=6000, vae_batch=64, mdn_steps=20_000, seq_len=32),
+    "quick": dict(episodes=4, perturbed_episodes=2, max_steps=200, vae_steps=300, vae_batch=32, mdn_steps=300,
+                  seq_len=16),
+    "full": dict(episodes=240, perturbed_episodes=120, max_steps=1000, vae_steps=6000, vae_batch=64,
+                 mdn_steps=20_000, seq_len=32),
 }
 
 
@@ -65,9 +69,12 @@ def stages(args, s: dict) -> list[tuple[str, callable, list[str]]]:
     out = args.out
     workers = ["--workers", str(args.workers)] if args.workers else []
     eval_every = str(max(s["vae_steps"] // 4, 1))
+    common = ["--max-steps", str(s["max_steps"]), "--seed", str(args.seed), "--out", str(out / "rollouts"), *workers]
+    perturbed = [("collect-perturbed", collect.main, ["--policy", "track-perturbed", "--episodes",
+                  str(s["perturbed_episodes"]), "--first-episode", str(s["episodes"]), *common])]
     return [
-        ("collect", collect.main, ["--episodes", str(s["episodes"]), "--max-steps", str(s["max_steps"]),
-                                   "--seed", str(args.seed), "--out", str(out / "rollouts"), *workers]),
+        ("collect", collect.main, ["--episodes", str(s["episodes"]), *common]),
+        *(perturbed if s["perturbed_episodes"] else []),
         ("vae", vae.main, ["--data", str(out / "rollouts"), "--out", str(out / "vae"),
                            "--steps", str(s["vae_steps"]), "--batch-size", str(s["vae_batch"]),
                            "--eval-every", eval_every, "--seed", str(args.seed)]),

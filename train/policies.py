@@ -9,6 +9,8 @@ each shard. `make_policy(spec)` builds one from a registry name, or wraps an age
     ou          temporally-correlated (Ornstein-Uhlenbeck) steering and throttle, gas-biased
     controller  random linear map from a coarse road mask of the frame to actions (World Models)
     track       PRIVILEGED noisy track-follower with off-road excursions (data only, never an agent)
+    track-perturbed  PRIVILEGED track-follower whose actions are overridden in random segments
+                by state-independent ones (data only), so the data shows what each action does
     mix         per episode, one of the above by weight (the default: 70% track, 15% each other)
 """
 
@@ -201,6 +203,45 @@ class TrackFollowerPolicy(Policy):
             self.offset = float(self.rng.choice([-1.0, 1.0]) * self.rng.uniform(8.0, 25.0))
 
 
+class PerturbedTrackPolicy(TrackFollowerPolicy):
+    """PRIVILEGED (data only): the track follower, overridden in random segments of 10-50 steps.
+
+    A follower's actions are a function of what it sees, so a model trained on its data cannot
+    tell what an action does from what the road ahead implies (measured: a dream trained on
+    70 % follower data gave braking as much return as throttle). Here a share of the segments
+    (per episode, 20-50 %) replaces the action by one drawn independently of the state: a held
+    random steer, coasting, braking, full throttle, or all three at random; the follower then
+    recovers, so the data also shows the way back to the road.
+    """
+
+    name = "track-perturbed"
+    modes = ("steer", "coast", "brake", "throttle", "random")
+
+    def reset(self, rng, env):
+        super().reset(rng, env)
+        self.params["perturbed_share"] = float(rng.uniform(0.2, 0.5))
+        self.segment_left, self.override = 0, None
+
+    def act(self, obs, env):
+        action = super().act(obs, env)
+        if not self.segment_left:
+            self.segment_left = int(self.rng.integers(10, 51))
+            perturb = self.rng.random() < self.params["perturbed_share"]
+            self.override = self._draw_override() if perturb else None
+        self.segment_left -= 1
+        if self.override is None:
+            return action
+        steer, gas, brake = (action[i] if v is None else v for i, v in enumerate(self.override))
+        return to_action(steer, gas, brake)
+
+    def _draw_override(self) -> tuple:
+        """(steer, gas, brake), None where the follower's own action stays."""
+        u = lambda lo, hi: float(self.rng.uniform(lo, hi))
+        mode = self.modes[int(self.rng.integers(len(self.modes)))]
+        return {"steer": (u(-1, 1), None, None), "coast": (None, 0.0, 0.0), "brake": (None, 0.0, u(0.2, 1.0)),
+                "throttle": (None, 1.0, 0.0), "random": (u(-1, 1), u(0, 1), u(0, 1) ** 2)}[mode]
+
+
 class CallablePolicy(Policy):
     """Wraps any `obs -> action` callable (e.g. a trained agent) as a policy."""
 
@@ -238,7 +279,7 @@ class MixPolicy(Policy):
 
 
 POLICIES: dict[str, type[Policy]] = {
-    cls.name: cls for cls in (OUPolicy, RandomControllerPolicy, TrackFollowerPolicy, MixPolicy)
+    cls.name: cls for cls in (OUPolicy, RandomControllerPolicy, TrackFollowerPolicy, PerturbedTrackPolicy, MixPolicy)
 }
 
 

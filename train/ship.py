@@ -148,6 +148,13 @@ A dream from a held-out rollout's first frame under its real actions at τ = 1, 
   seen few of them.
 - The dream is only as good as the states the data covers; see the fidelity benchmark for
   open-loop error by horizon.
+- Actions are confounded with states in the data: most rollouts come from a track-follower whose
+  steering and braking are (nearly) a function of what it sees, so the model learns "the road
+  comes towards the car" more than "steering turns the car". An agent trained in this dream
+  exploits that (see the agents issue's notes): data with state-independent action noise is the
+  next step.
+- Trained on sampled latents z ~ N(mu, σ²) (the paper's regulariser, needed for stable
+  open-loop dreams), its 1-step mixture mean from clean latents is worse than persistence.
 """
 
 
