@@ -27,7 +27,7 @@ def tiny_bundle(seed=0, done_bias=None):
 @pytest.fixture(scope="session")
 def bundle_path(tmp_path_factory):
     """A saved tiny bundle whose done head fires on ~10% of steps."""
-    return save_bundle(tmp_path_factory.mktemp("bundles") / "tiny", tiny_bundle(done_bias=-0.2))
+    return save_bundle(tmp_path_factory.mktemp("bundles") / "tiny", tiny_bundle(done_bias=-0.15))
 
 
 @pytest.fixture(scope="session")

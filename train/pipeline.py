@@ -101,7 +101,7 @@ def main(argv=None) -> int:
     record = {"command": " ".join(["python -m train.pipeline", *(argv if argv is not None else sys.argv[1:])]),
               "settings": s, "seed": args.seed, "git_commit": git_commit(), "stage_seconds": spent}
     for name, run, stage_argv in stages(args, s):
-        print(f"== {name}: python -m train.{name} {' '.join(stage_argv)}", flush=True)
+        print(f"== {name}: python -m {run.__module__} {' '.join(stage_argv)}", flush=True)
         t0 = time.time()
         code = run(stage_argv)
         # wall time summed over invocations: an interrupted-and-resumed stage counts all its runs

@@ -83,7 +83,8 @@ def card(run: Path, bundle: Bundle, table: dict, dtype: str, size_mb: float) -> 
     """The model card's markdown, from the run's records and the measured table."""
     meta = bundle.metadata
     pipeline = meta.get("pipeline", {})
-    vae_hist = json.loads((run / "vae" / "metrics.json").read_text())["history"]
+    vae_info = json.loads((run / "vae" / "metrics.json").read_text())
+    vae_hist = vae_info["history"]
     mdn_args = meta.get("mdnrnn_args", {})
     manifest = json.loads((run / "rollouts" / "manifest.json").read_text())["shards"]
     frames = sum(s["steps"] for s in manifest)
@@ -105,10 +106,13 @@ def card(run: Path, bundle: Bundle, table: dict, dtype: str, size_mb: float) -> 
 ## Data
 
 {len(manifest)} real CarRacing-v3 rollouts ({frames} frames, up to 1000 steps each, seed
-{manifest[0]["seed"]}), policy `{manifest[0]["policy"]}`; episodes per policy: {json.dumps(choices)}
-(`track` is a noisy scripted follower that reads the simulator's track: privileged, data only).
-Rollouts are split by name hash: {meta.get("train_rollouts")} train, {meta.get("heldout_rollouts")}
-held out (the VAE and the MDN-RNN hold out the same ones).
+{manifest[0]["seed"]}); episodes per policy (`mix` episodes by the policy it drew):
+{json.dumps(choices)}. `track` is a noisy scripted follower that reads the simulator's track and
+`track-perturbed` the same follower overridden in random segments by state-independent actions
+(both privileged, data only; see `train/policies.py`). Rollouts are split by name hash:
+{meta.get("train_rollouts")} train, {meta.get("heldout_rollouts")} held out (the VAE and the
+MDN-RNN hold out the same ones; the VAE saw the {vae_info["train_rollouts"]} training rollouts that
+existed when it trained).
 
 ## Training
 
