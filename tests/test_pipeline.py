@@ -3,6 +3,9 @@ then `python -m train.ship` (float16 check, model card) on its output."""
 
 import json
 
+import imageio.v3 as imageio
+import numpy as np
+
 from dreamenv.checkpoint import load_bundle
 from train import pipeline, ship
 
@@ -39,3 +42,6 @@ def test_pipeline_builds_a_loadable_bundle_and_reruns_as_a_no_op(tmp_path):
     assert "| vae_mse_per_pixel |" in text and "| mse_ratio_to_persistence |" in text
     for png in ("recon.png", "dream.png"):
         assert (card.parent / "card" / png).read_bytes()[:4] == b"\x89PNG"
+    strip = imageio.imread(card.parent / "card" / "dream.png")[..., :3] / 255.0
+    dreamed = strip[strip.shape[0] // 2 + 4 : -4]  # the bottom row: decoded frames, not saturated ones
+    assert np.mean((dreamed > 0.05) & (dreamed < 0.95)) > 0.3

@@ -24,6 +24,7 @@ import numpy as np
 from dreamenv import world_model as wm
 from dreamenv.atomic import atomic_write_bytes
 from dreamenv.checkpoint import Bundle, load_bundle, save_bundle
+from dreamenv.frames import to_float
 from dreamenv.shards import list_shards, load_shard
 from train.latents import vae_fingerprint
 from train.mdnrnn import load_split
@@ -76,7 +77,7 @@ def dream_strip(bundle: Bundle, shard: Path, steps: int, seed: int, every: int =
         dreamed.append(z)
     shown = np.arange(0, steps + 1, every)
     frames = np.asarray(wm.decode(model, jnp.concatenate([dreamed[t] for t in shown])))
-    return recon_png(data["obs"][shown], frames)
+    return recon_png(data["obs"][shown], to_float(frames))  # decode gives uint8; the grid takes [0, 1]
 
 
 def card(run: Path, bundle: Bundle, table: dict, dtype: str, size_mb: float) -> str:
