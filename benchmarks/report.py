@@ -45,7 +45,7 @@ BUDGETS = {
     "full": dict(
         throughput=["--seconds", "2", "--rounds", "3", "--scan-steps", "1000", "--stability-steps", "200000"],
         fidelity=dict(horizon=200, starts=128, samples=8),
-        transfer=dict(temperatures=[0.5, 1.0, 1.15], real_episodes=20, dream_episodes=256, workers=2),
+        transfer=dict(temperatures=[0.75, 1.0, 1.15, 1.3], real_episodes=20, dream_episodes=256, workers=2),
     ),
 }
 
@@ -145,7 +145,10 @@ def report(out: str | Path = "benchmarks/out/report", model: str | Path = DEFAUL
     agent = Path(agent) if agent is not None else (DEFAULT_AGENT if DEFAULT_AGENT.is_file() else None)
     if agent is not None and not agent.is_file():
         raise FileNotFoundError(f"agent {agent} does not exist")
-    heldout_of = heldout_of if heldout_of is not None else heldout_run(model)
+    if heldout_of is None:
+        heldout_of = heldout_run(model)
+    elif str(heldout_of) == "none":  # a folder of rollouts the model never saw (e.g. other seeds)
+        heldout_of = None
     b = BUDGETS[budget]
     info = machine()
     sections = {
@@ -191,7 +194,8 @@ def main(argv: list[str] | None = None) -> None:
                    help=f"an agent to transfer (default: {os.path.relpath(DEFAULT_AGENT, ROOT)} if it exists)")
     p.add_argument("--shards", default="data/rollouts", help="real rollout shards for the fidelity benchmark")
     p.add_argument("--heldout-of", default=None, help="a VAE run: use the shards it held out "
-                   "(default: the bundle's own VAE run, when it is here)")
+                   "(default: the bundle's own VAE run, when it is here; 'none': every shard, for a "
+                   "folder collected apart from the training data)")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--full", action="store_const", const="full", dest="budget", help="larger budgets")
     size.add_argument("--smoke", action="store_const", const="smoke", dest="budget", help="tiny budgets")
