@@ -11,7 +11,7 @@ each shard. `make_policy(spec)` builds one from a registry name, or wraps an age
     track       PRIVILEGED noisy track-follower with off-road excursions (data only, never an agent)
     track-perturbed  PRIVILEGED track-follower whose actions are overridden in random segments
                 by state-independent ones (data only), so the data shows what each action does
-    mix         per episode, one of the above by weight (the default: 70% track, 15% each other)
+    mix         per episode, one of ou, controller, track by weight (the default: 70% track, 15% each other)
 """
 
 from __future__ import annotations
