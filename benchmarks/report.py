@@ -5,6 +5,12 @@ agent is given, or exists at benchmarks/results/ppo_driver.zip) benchmarks/trans
 budgets that fit a few minutes (`--full`: larger; `--smoke`: tiny, for tests), and writes one
 folder: report.md (tables, plots, the dream video, machine and git commit) and every JSON.
 `--publish` copies report.md and its figures into benchmarks/results/report/ (committed, small).
+
+Fidelity runs on --shards (default data/heldout: real rollouts collected apart from the training
+data, with other seeds, so other tracks). When that folder holds no shards, the report first
+collects FRESH[budget] rollouts of the default mix into it (`train.collect`, seed 1; the
+training data uses seed 0), so it works from a fresh clone. Every shard is evaluated unless
+--heldout-of names a VAE run whose held-out split to keep (for a folder of training rollouts).
 """
 
 from __future__ import annotations
@@ -24,13 +30,16 @@ import jax
 from benchmarks import fidelity, throughput
 from benchmarks.fidelity_tables import markdown as fidelity_markdown
 from dreamenv.atomic import atomic_write
-from dreamenv.checkpoint import load_bundle
 from dreamenv.envs.dream import DEFAULT_MODEL
+from dreamenv.shards import list_shards
+from train.collect import CollectConfig, collect, default_workers
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_AGENT = ROOT / "benchmarks/results/ppo_driver.zip"
 PUBLISHED = ROOT / "benchmarks/results/report"
 PUBLISH_LIMIT = 2 * 2**20  # bytes
+FRESH = {"smoke": (2, 60), "default": (8, 1000), "full": (40, 1000)}  # (rollouts, steps) when --shards holds none
+FRESH_SEED = 1  # the training data is collected with seed 0
 BUDGETS = {
     "smoke": dict(
         throughput=["--seconds", "0.02", "--rounds", "1", "--scan-steps", "4", "--stability-steps", "0"],
@@ -69,10 +78,15 @@ def machine() -> dict:
     }
 
 
-def heldout_run(model: Path) -> Path | None:
-    """The VAE run whose split held out rollouts from this bundle's training, if it is here."""
-    run = load_bundle(model).metadata.get("mdnrnn_args", {}).get("vae")
-    return Path(run) if run and (Path(run) / "run_config.json").is_file() else None
+def fresh_rollouts(shards: Path, episodes: int, max_steps: int) -> None:
+    """Collect `episodes` real rollouts (default mix, seed 1) into `shards` unless it holds some."""
+    if shards.is_dir() and list_shards(shards):
+        return
+    print(f"no shards in {shards}: collecting {episodes} real CarRacing-v3 rollouts there (seed {FRESH_SEED})")
+    config = CollectConfig(out=shards, seed=FRESH_SEED, max_steps=max_steps)
+    result = collect(config, episodes, min(default_workers(), episodes))
+    if result.failures:
+        raise RuntimeError(f"collecting {shards} failed for episodes {sorted(result.failures)}")
 
 
 def throughput_section(out: Path, model: Path, args: list[str]) -> str:
@@ -136,7 +150,7 @@ def transfer_section(out: Path, model: Path, agent: Path | None, budget: dict) -
 
 
 def report(out: str | Path = "benchmarks/out/report", model: str | Path = DEFAULT_MODEL,
-           agent: str | Path | None = None, budget: str = "default", shards: str | Path = "data/rollouts",
+           agent: str | Path | None = None, budget: str = "default", shards: str | Path = "data/heldout",
            heldout_of: str | Path | None = None, publish: bool = False) -> Path:
     """Run the benchmarks at `budget` ("smoke" | "default" | "full"); -> the path of report.md."""
     start = time.perf_counter()
@@ -145,10 +159,7 @@ def report(out: str | Path = "benchmarks/out/report", model: str | Path = DEFAUL
     agent = Path(agent) if agent is not None else (DEFAULT_AGENT if DEFAULT_AGENT.is_file() else None)
     if agent is not None and not agent.is_file():
         raise FileNotFoundError(f"agent {agent} does not exist")
-    if heldout_of is None:
-        heldout_of = heldout_run(model)
-    elif str(heldout_of) == "none":  # a folder of rollouts the model never saw (e.g. other seeds)
-        heldout_of = None
+    fresh_rollouts(Path(shards), *FRESH[budget])
     b = BUDGETS[budget]
     info = machine()
     sections = {
@@ -192,10 +203,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help="a bundle folder (default: the shipped one)")
     p.add_argument("--agent", default=None,
                    help=f"an agent to transfer (default: {os.path.relpath(DEFAULT_AGENT, ROOT)} if it exists)")
-    p.add_argument("--shards", default="data/rollouts", help="real rollout shards for the fidelity benchmark")
-    p.add_argument("--heldout-of", default=None, help="a VAE run: use the shards it held out "
-                   "(default: the bundle's own VAE run, when it is here; 'none': every shard, for a "
-                   "folder collected apart from the training data)")
+    p.add_argument("--shards", default="data/heldout",
+                   help="real rollout shards for the fidelity benchmark (collected there when it holds none)")
+    p.add_argument("--heldout-of", default=None,
+                   help="a VAE run: evaluate only the shards its split held out (default: every shard)")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--full", action="store_const", const="full", dest="budget", help="larger budgets")
     size.add_argument("--smoke", action="store_const", const="smoke", dest="budget", help="tiny budgets")

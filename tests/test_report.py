@@ -25,3 +25,15 @@ def test_smoke_report_has_every_section_and_says_there_is_no_agent(tmp_path, bun
     published = report.publish_report(path.parent, tmp_path / "published")
     assert "report.md" in published and "dream.gif" in published
     assert (tmp_path / "published" / "report.md").read_text() == text
+
+
+def test_an_empty_shard_folder_is_filled_with_fresh_real_rollouts_once(tmp_path):
+    folder = tmp_path / "heldout"
+    report.fresh_rollouts(folder, 2, 30)
+    shards = sorted(folder.glob("rollout_*.npz"))
+    assert len(shards) == 2
+    manifest = json.loads((folder / "manifest.json").read_text())["shards"]
+    assert {s["seed"] for s in manifest} == {report.FRESH_SEED} and all(s["steps"] == 30 for s in manifest)
+    mtimes = [p.stat().st_mtime_ns for p in shards]
+    report.fresh_rollouts(folder, 5, 30)  # a folder with shards is used as it is
+    assert [p.stat().st_mtime_ns for p in sorted(folder.glob("rollout_*.npz"))] == mtimes
