@@ -182,7 +182,7 @@ def frame_metrics(model, real, mean, sampled, target, z_s, grid) -> tuple[dict, 
 
 def run(
     model: str | Path | Bundle = DEFAULT_MODEL,
-    shards: str | Path = "data/rollouts",
+    shards: str | Path = "data/heldout",
     heldout_of: str | Path | None = None,
     horizon: int = MAX_HORIZON,
     starts: int = 32,
@@ -257,7 +257,8 @@ def _with_start(model, z_s, z_path):
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.fidelity", description=__doc__.split("\n")[0])
     p.add_argument("--model", default=DEFAULT_MODEL, help="a bundle folder (default: the shipped one)")
-    p.add_argument("--shards", default="data/rollouts", help="a folder of rollout shards (any policy)")
+    p.add_argument("--shards", default="data/heldout",
+                   help="a folder of rollout shards (any policy; `python -m benchmarks.report` fills data/heldout)")
     p.add_argument("--heldout-of", default=None, help="a VAE run folder: keep only the shards its split held out")
     p.add_argument("--horizon", type=int, default=MAX_HORIZON, help=f"open-loop steps (at most {MAX_HORIZON})")
     p.add_argument("--starts", type=int, default=32, help="start points, spread over the rollouts")

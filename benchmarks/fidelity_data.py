@@ -55,7 +55,8 @@ def select_shards(folder: str | Path, heldout_of: str | Path | None = None) -> t
     """The shards of `folder`, or only those held out by the VAE run `heldout_of`. -> (paths, split)"""
     paths = list_shards(folder)
     if not paths:
-        raise FileNotFoundError(f"shard folder {folder} holds no rollout_*.npz shards")
+        raise FileNotFoundError(f"shard folder {folder} holds no rollout_*.npz shards; collect some with "
+                                f"`python -m train.collect --episodes 8 --seed 1 --out {folder}`")
     if heldout_of is None:
         return paths, f"all {len(paths)} shards of {folder}"
     config_path = Path(heldout_of) / "run_config.json"
