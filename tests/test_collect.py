@@ -12,7 +12,7 @@ import pytest
 
 from dreamenv.shards import FIELDS, ShardError, list_shards, load_shard, read_manifest, shard_name, write_shard
 from train.collect import CollectConfig, collect, main, make_env, rollout
-from train.policies import POLICIES, CallablePolicy, make_policy
+from train.policies import POLICIES, AgentPolicy, CallablePolicy, make_policy
 
 STEPS = 50
 KILL_MARKER = "DREAMENV_TEST_KILL_MARKER"
@@ -176,3 +176,60 @@ def test_policy_errors_are_clear():
         make_policy("nope")
     with pytest.raises(ValueError, match=r"shape \(2,\), expected \(3,\)"):
         CallablePolicy(lambda obs: np.zeros(2)).act(None, None)
+
+
+@pytest.fixture(scope="module")
+def controller_file(bundle_path, tmp_path_factory):
+    """A random linear controller on the tiny bundle's [z, h] (an agent file like train.controller's)."""
+    import gymnasium as gym
+
+    from train.controller import save_controller
+
+    dim = gym.make("LatentCarRacing-v0", model=bundle_path).observation_space.shape[0]
+    rng = np.random.default_rng(0)
+    params = {"W": rng.normal(0, 0.5, (dim, 3)).astype(np.float32), "b": np.array([0, 0.5, -1], np.float32)}
+    return save_controller(tmp_path_factory.mktemp("agents") / "controller.npz", params)
+
+
+def test_agent_policy_drives_as_on_the_latent_env_outside_perturbed_segments(controller_file, bundle_path):
+    """Unperturbed, an agent file collects exactly what it does on LatentCarRacing-v0."""
+    import gymnasium as gym
+
+    from train.evaluate import load_policy
+
+    latent = gym.make("LatentCarRacing-v0", model=bundle_path, max_episode_steps=40)
+    agent = load_policy(controller_file, latent.unwrapped.model)
+    obs, _ = latent.reset(seed=7)
+    expected = []
+    for _ in range(40):
+        expected.append(np.clip(agent.act(obs[None])[0], [-1, 0, 0], [1, 1, 1]))
+        obs, *_ = latent.step(expected[-1])
+    policy = make_policy(str(controller_file), model=str(bundle_path))
+    assert isinstance(policy, AgentPolicy)
+    env = make_env(40)
+    obs, _ = env.reset(seed=7)
+    policy.reset(np.random.default_rng(0), env)
+    policy.perturb.share = 0.0
+    taken = []
+    for _ in range(40):
+        taken.append(policy.act(obs, env))
+        obs, *_ = env.step(taken[-1])
+    np.testing.assert_allclose(taken, expected, atol=1e-5)
+
+
+def test_agent_rollouts_are_added_and_recorded(collected, controller_file, bundle_path, tmp_path):
+    out = _copy(collected, tmp_path)
+    config = CollectConfig(out=out, max_steps=STEPS, policy=str(controller_file), model=str(bundle_path))
+    result = collect(config, 1, workers=1, progress=False, first=2)
+    assert not result.failures, result.failures
+    meta = load_shard(out / shard_name(2))["meta"]
+    assert meta["policy"] == str(controller_file) and meta["model"] == str(bundle_path)
+    assert 0.1 <= meta["params"]["perturbed_share"] <= 0.3
+    assert collect(config, 1, workers=1, progress=False, first=2).skipped == 1
+
+
+def test_agent_policy_flags_are_checked(controller_file, tmp_path):
+    with pytest.raises(SystemExit):
+        main(["--policy", str(tmp_path / "missing.zip"), "--out", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        main(["--policy", "ou", "--model", str(controller_file), "--out", str(tmp_path)])

@@ -33,6 +33,20 @@ def test_pipeline_builds_a_loadable_bundle_and_reruns_as_a_no_op(tmp_path):
     rerun = load_bundle(out / "bundle").metadata["pipeline"]["stage_seconds"]
     assert all(rerun[k] >= record["stage_seconds"][k] for k in rerun)  # resumes add up
 
+    # iterative training on top: agent -> its rollouts -> fine-tuned MDN-RNN -> new agent
+    assert pipeline.main(["--quick", "--out", str(out), *TINY, "--iterations", "1", "--iter-episodes", "1",
+                          "--iter-mdn-steps", "5", "--agent-timesteps", "1024", "--eval-episodes", "1"]) == 0
+    done = json.loads((out / "pipeline.json").read_text())
+    assert [r["iteration"] for r in done["iterations"]] == [0, 1]
+    assert all(r["real"]["episodes"] == 1 and np.isfinite(r["real"]["mean"]) for r in done["iterations"])
+    assert {"iter0-agent", "iter1-collect", "iter1-encode", "iter1-mdnrnn", "iter1-agent"} <= set(done["stage_seconds"])
+    last = json.loads((out / "rollouts" / "manifest.json").read_text())["shards"][-1]
+    assert (last["episode"], last["policy"], last["model"]) == (3, str(out / "iter0" / "agent" / "agent.zip"),
+                                                                str(out / "bundle"))
+    iterated = load_bundle(out / "iter1" / "bundle").metadata
+    assert iterated["train_rollouts"] + iterated["heldout_rollouts"] == 4
+    assert load_bundle(out / "bundle").metadata["train_rollouts"] == train_rollouts  # the base model stays
+
     dest, card = tmp_path / "assets" / "default", tmp_path / "assets" / "MODEL_CARD.md"
     assert ship.main(["--run", str(out), "--dest", str(dest), "--card", str(card),
                       "--eval-frames", "16", "--strip-steps", "30"]) == 0

@@ -36,7 +36,7 @@ from dreamenv.shards import (
     write_manifest,
     write_shard,
 )
-from train.policies import POLICIES, Policy, make_policy
+from train.policies import AGENT_SUFFIXES, POLICIES, Policy, make_policy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,9 +47,11 @@ class CollectConfig:
     policy: str = "mix"
     seed: int = 0
     max_steps: int = 1000
+    model: str | None = None  # the bundle an agent policy reads through (None: the shipped one)
 
     def expected_meta(self, episode: int) -> dict:
-        return {"episode": episode, "policy": self.policy, "seed": self.seed, "max_steps": self.max_steps}
+        meta = {"episode": episode, "policy": self.policy, "seed": self.seed, "max_steps": self.max_steps}
+        return meta if self.model is None else {**meta, "model": self.model}
 
 
 @dataclasses.dataclass
@@ -156,7 +158,7 @@ def _finished_meta(path: Path, expected: dict) -> dict | None:
 
 def _worker_loop(conn, config: CollectConfig) -> None:
     """Worker process: receive episode indices, reply ('ok', meta, skipped) or ('error', text)."""
-    env, policy = make_env(config.max_steps), make_policy(config.policy)
+    env, policy = make_env(config.max_steps), make_policy(config.policy, config.model)
     while (episode := conn.recv()) is not None:
         try:
             conn.send(("ok", *collect_episode(env, policy, config, episode)))
@@ -260,7 +262,7 @@ def run_workers(config: CollectConfig, episodes: list[int], workers: int, on_out
 def collect(config: CollectConfig, episodes: int, workers: int, progress: bool = True,
             first: int = 0) -> CollectResult:
     """Collect episodes first..first+episodes-1 into config.out; keeps manifest.json up to date."""
-    make_policy(config.policy)  # fail fast on an unknown policy, before spawning workers
+    make_policy(config.policy, config.model)  # fail fast on a bad policy or agent, before spawning workers
     config.out.mkdir(parents=True, exist_ok=True)
     manifest = _load_manifest_entries(config.out)
     result = CollectResult(entries={}, failures={})
@@ -319,7 +321,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=default_workers(), help="worker processes (default: all cores)")
     p.add_argument("--seed", type=int, default=0, help="base seed; episode i derives its seeds from (seed, i)")
     p.add_argument("--out", type=Path, default=Path("data/rollouts"), help="output folder for shards and manifest.json")
-    p.add_argument("--policy", default="mix", help=f"{' | '.join(POLICIES)} | package.module:factory")
+    p.add_argument("--policy", default="mix",
+                   help=f"{' | '.join(POLICIES)} | an agent file (.zip / .npz) | package.module:factory")
+    p.add_argument("--model", default=None, help="bundle an agent --policy reads through (default: the shipped one)")
     p.add_argument("--max-steps", type=int, default=1000, help="steps per episode before truncation")
     args = p.parse_args(argv)
     for flag in ("episodes", "workers", "max_steps"):
@@ -327,14 +331,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
     if args.first_episode < 0:
         p.error(f"--first-episode must be >= 0, got {args.first_episode}")
-    if args.policy not in POLICIES and ":" not in args.policy:
-        p.error(f"unknown --policy '{args.policy}'; choose from {', '.join(POLICIES)} or package.module:factory")
+    agent = args.policy.endswith(AGENT_SUFFIXES)
+    if args.policy not in POLICIES and ":" not in args.policy and not agent:
+        p.error(f"unknown --policy '{args.policy}'; choose from {', '.join(POLICIES)}, an agent file "
+                f"(.zip / .npz) or package.module:factory")
+    if agent and not Path(args.policy).is_file():
+        p.error(f"--policy {args.policy}: no such agent file")
+    if args.model is not None and not agent:
+        p.error("--model is the world model an agent --policy reads through; this --policy is not an agent file")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    config = CollectConfig(out=args.out, policy=args.policy, seed=args.seed, max_steps=args.max_steps)
+    config = CollectConfig(out=args.out, policy=args.policy, seed=args.seed, max_steps=args.max_steps,
+                           model=args.model)
     result = collect(config, args.episodes, args.workers, first=args.first_episode)
     print(
         f"collected {result.collected}, skipped {result.skipped} finished, "

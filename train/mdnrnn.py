@@ -29,7 +29,7 @@ import optax
 from tqdm import tqdm
 
 from dreamenv.atomic import atomic_write_bytes
-from dreamenv.checkpoint import Bundle, save_bundle
+from dreamenv.checkpoint import Bundle, load_bundle, module_config, save_bundle
 from dreamenv.mdnrnn import MDNRNN
 from train.latents import LatentSet, vae_fingerprint
 from train.mdnrnn_loss import evaluate, gather_windows, sample_windows, window_loss
@@ -63,6 +63,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--eval-every", type=int, default=2000)
     p.add_argument("--ckpt-every", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init", type=Path, default=None,
+                   help="bundle whose MDN-RNN starts this run (fine-tuning; same sizes and VAE required)")
     p.add_argument("--bundle-dtype", choices=("float32", "float16"), default="float32")
     return p.parse_args(argv)
 
@@ -75,6 +77,18 @@ def load_split(latents: Path, vae_run: Path, fingerprint: str) -> tuple[LatentSe
     vae_args = json.loads((vae_run / "run_config.json").read_text())
     train_paths, held_paths = split_rollouts(paths, vae_args["holdout"], vae_args["seed"])
     return LatentSet.from_files(train_paths, fingerprint), LatentSet.from_files(held_paths, fingerprint)
+
+
+def init_from(path: Path, model: MDNRNN, fingerprint: str):
+    """The MDN-RNN params of bundle `path`, checked to fit `model` and the current VAE."""
+    bundle = load_bundle(path)
+    if module_config(bundle.mdnrnn) != module_config(model):
+        raise SystemExit(f"--init {path}: its MDN-RNN is {module_config(bundle.mdnrnn)}, this run builds "
+                         f"{module_config(model)}; pass matching --hidden-size/--mixtures/--residual")
+    if bundle.metadata.get("vae_fingerprint") != fingerprint:
+        raise SystemExit(f"--init {path}: its MDN-RNN was trained on another VAE's latents than --vae's; "
+                         f"fine-tune only on latents of the VAE it was trained with")
+    return jax.tree_util.tree_map(jnp.asarray, bundle.mdnrnn_params)
 
 
 def done_pos_weight(data: LatentSet) -> float:
@@ -127,6 +141,8 @@ def train(args) -> dict:
     k_init, key = jax.random.split(key)
     z0 = jnp.zeros((1, 1, model.latent_dim))
     params = model.init(k_init, model.initial_carry(1), z0, jnp.zeros((1, 1, model.action_dim)))
+    if args.init is not None:
+        params = init_from(args.init, model, fingerprint)
     state = {"params": params, "opt_state": opt.init(params), "step": 0, "key": jax.random.key_data(key)}
     ckpt = TrainCheckpoint(args.out / "checkpoint")
     state = ckpt.restore(state) or state
@@ -137,6 +153,10 @@ def train(args) -> dict:
     history = json.loads(metrics_path.read_text())["history"] if metrics_path.exists() and state["step"] else []
     history = [h for h in history if h["step"] <= state["step"]]
 
+    bundle_path = args.bundle or args.out / "bundle"
+    if state["step"] >= args.steps and history and (bundle_path / "config.json").is_file():
+        print(f"train/mdnrnn.py: {args.out} finished {state['step']} steps and wrote {bundle_path}; nothing to do")
+        return history[-1]  # the bundle stays as written: rollouts added since then are not its data
     params, opt_state = state["params"], state["opt_state"]
     key = jax.random.wrap_key_data(jnp.asarray(state["key"]))
     step = int(state["step"])
@@ -178,7 +198,7 @@ def train(args) -> dict:
                   "heldout_rollouts": len(held.length), "mdnrnn_metrics": final["heldout"],
                   "mdnrnn_args": {k: str(v) for k, v in vars(args).items()}},
     )
-    save_bundle(args.bundle or args.out / "bundle", bundle, dtype=args.bundle_dtype)
+    save_bundle(bundle_path, bundle, dtype=args.bundle_dtype)
     return final
 
 

@@ -10,6 +10,13 @@ Runs collect -> VAE -> encode -> MDN-RNN in order, each stage as its own command
     DIR/mdnrnn/     MDN-RNN run: checkpoints, metrics (python -m train.mdnrnn)
     DIR/bundle/     the model bundle: gym.make("DreamCarRacing-v0", model="DIR/bundle")
 
+`--iterations K` then runs the paper's iterative training (train/iterate.py): an agent trained in
+the dream collects new real rollouts, the MDN-RNN is fine-tuned on all the data, a new agent is
+trained in the new dream and scored on the real game, K times; pipeline.json's "iterations" holds
+each one's real and dream scores. `--policy` picks the base data's policy: the default `mix` with
+the perturbed track-follower is the practical regime (privileged data); `--policy random
+--perturbed-episodes 0` is the non-privileged one (random policies, then the agent's own data).
+
 Every stage skips what is already done (finished shards, encoded rollouts) or resumes from its
 checkpoint, so rerunning the same command after an interruption carries on where it stopped.
 `--quick` is a smoke-scale preset (a few short rollouts, a few hundred updates: minutes on
@@ -29,14 +36,16 @@ from pathlib import Path
 from dreamenv.atomic import atomic_write_bytes
 from dreamenv.checkpoint import load_bundle, save_bundle
 from dreamenv.shards import read_manifest
-from train import collect, encode, mdnrnn, vae
+from train import collect, encode, iterate, mdnrnn, vae
 
 PRESETS = {
     "quick": dict(episodes=4, perturbed_episodes=2, max_steps=200, vae_steps=300, vae_batch=32, mdn_steps=300,
-                  seq_len=16),
+                  seq_len=16, iter_episodes=2, iter_mdn_steps=100, agent_timesteps=8192, eval_episodes=2),
     "full": dict(episodes=240, perturbed_episodes=120, max_steps=1000, vae_steps=6000, vae_batch=64,
-                 mdn_steps=20_000, seq_len=32),
+                 mdn_steps=20_000, seq_len=32, iter_episodes=100, iter_mdn_steps=4000, agent_timesteps=262_144,
+                 eval_episodes=100),
 }
+ITER_LR = 3e-4  # fine-tuning starts from a trained model: lower than training's 1e-3
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -46,6 +55,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="smoke-scale preset")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=None, help="collection workers (default: all cores)")
+    p.add_argument("--policy", default="mix", help="the base data's policy (train/policies.py)")
+    p.add_argument("--iterations", type=int, default=0, help="iterative-training rounds after the base model")
     for name in PRESETS["full"]:
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=None, help="override the preset")
     return p.parse_args(argv)
@@ -54,7 +65,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def settings(args) -> dict:
     preset = dict(PRESETS["quick" if args.quick else "full"])
     preset.update({k: getattr(args, k) for k in preset if getattr(args, k) is not None})
-    return preset
+    return {**preset, "policy": args.policy, "iter_lr": ITER_LR}
 
 
 def git_commit() -> str:
@@ -73,7 +84,7 @@ def stages(args, s: dict) -> list[tuple[str, callable, list[str]]]:
     perturbed = [("collect-perturbed", collect.main, ["--policy", "track-perturbed", "--episodes",
                   str(s["perturbed_episodes"]), "--first-episode", str(s["episodes"]), *common])]
     return [
-        ("collect", collect.main, ["--episodes", str(s["episodes"]), *common]),
+        ("collect", collect.main, ["--episodes", str(s["episodes"]), "--policy", s["policy"], *common]),
         *(perturbed if s["perturbed_episodes"] else []),
         ("vae", vae.main, ["--data", str(out / "rollouts"), "--out", str(out / "vae"),
                            "--steps", str(s["vae_steps"]), "--batch-size", str(s["vae_batch"]),
@@ -84,6 +95,7 @@ def stages(args, s: dict) -> list[tuple[str, callable, list[str]]]:
                                  "--out", str(out / "mdnrnn"), "--bundle", str(out / "bundle"),
                                  "--steps", str(s["mdn_steps"]), "--seq-len", str(s["seq_len"]),
                                  "--eval-every", str(max(s["mdn_steps"] // 4, 1)), "--seed", str(args.seed)]),
+        *(iterate.stages(out, s, args.iterations, args.seed, workers) if args.iterations else []),
     ]
 
 
@@ -101,7 +113,7 @@ def main(argv=None) -> int:
     record = {"command": " ".join(["python -m train.pipeline", *(argv if argv is not None else sys.argv[1:])]),
               "settings": s, "seed": args.seed, "git_commit": git_commit(), "stage_seconds": spent}
     for name, run, stage_argv in stages(args, s):
-        print(f"== {name}: python -m {run.__module__} {' '.join(stage_argv)}", flush=True)
+        print(f"== {name}: python -m {getattr(run, 'module', run.__module__)} {' '.join(stage_argv)}", flush=True)
         t0 = time.time()
         code = run(stage_argv)
         # wall time summed over invocations: an interrupted-and-resumed stage counts all its runs
@@ -111,6 +123,9 @@ def main(argv=None) -> int:
             print(f"train/pipeline.py: stage {name} failed (exit {code}); rerun to resume", file=sys.stderr)
             return code
     record["data"] = data_size(args.out / "rollouts")
+    if args.iterations:
+        record["iterations"] = iterate.records(args.out, args.iterations)
+        print(iterate.table(record["iterations"]))
     atomic_write_bytes(path, json.dumps(record, indent=1).encode())
     bundle = load_bundle(args.out / "bundle")
     save_bundle(args.out / "bundle", dataclasses.replace(bundle, metadata={**bundle.metadata, "pipeline": record}))

@@ -3,8 +3,8 @@
 A policy is a small object with `reset(rng, env)` (draw this episode's parameters from `rng`)
 and `act(obs, env) -> float32[3]` (steer [-1, 1], gas [0, 1], brake [0, 1]); given the same
 episode seed it acts the same. `params` holds the episode's parameters (JSON-able), recorded in
-each shard. `make_policy(spec)` builds one from a registry name, or wraps an agent given as
-'package.module:factory' (a zero-argument callable returning `obs -> action`).
+each shard. `make_policy(spec)` builds one from a registry name or an agent file, or wraps a
+callable given as 'package.module:factory' (a zero-argument callable returning `obs -> action`).
 
     ou          temporally-correlated (Ornstein-Uhlenbeck) steering and throttle, gas-biased
     controller  random linear map from a coarse road mask of the frame to actions (World Models)
@@ -12,6 +12,7 @@ each shard. `make_policy(spec)` builds one from a registry name, or wraps an age
     track-perturbed  PRIVILEGED track-follower whose actions are overridden in random segments
                 by state-independent ones (data only), so the data shows what each action does
     mix         per episode, one of ou, controller, track by weight (the default: 70% track, 15% each other)
+    PATH.zip | PATH.npz  a dream-trained agent (SB3 or controller) with perturbed segments as exploration
 """
 
 from __future__ import annotations
@@ -203,30 +204,24 @@ class TrackFollowerPolicy(Policy):
             self.offset = float(self.rng.choice([-1.0, 1.0]) * self.rng.uniform(8.0, 25.0))
 
 
-class PerturbedTrackPolicy(TrackFollowerPolicy):
-    """PRIVILEGED (data only): the track follower, overridden in random segments of 10-50 steps.
+class SegmentPerturbation:
+    """Overrides a policy's actions in random segments of 10-50 steps by state-independent ones.
 
-    A follower's actions are a function of what it sees, so a model trained on its data cannot
-    tell what an action does from what the road ahead implies (measured: a dream trained on
-    70 % follower data gave braking as much return as throttle). Here a share of the segments
-    (per episode, 20-50 %) replaces the action by one drawn independently of the state: a held
-    random steer, coasting, braking, full throttle, or all three at random; the follower then
-    recovers, so the data also shows the way back to the road.
+    Per segment, with probability `share`, the action is replaced by one drawn independently of
+    the state: a held random steer, coasting, braking, full throttle, or all three at random;
+    otherwise the policy's own action stays. `__call__(action)` -> the action to take.
     """
 
-    name = "track-perturbed"
     modes = ("steer", "coast", "brake", "throttle", "random")
 
-    def reset(self, rng, env):
-        super().reset(rng, env)
-        self.params["perturbed_share"] = float(rng.uniform(0.2, 0.5))
+    def __init__(self, rng: np.random.Generator, share: float):
+        self.rng, self.share = rng, share
         self.segment_left, self.override = 0, None
 
-    def act(self, obs, env):
-        action = super().act(obs, env)
+    def __call__(self, action: np.ndarray) -> np.ndarray:
         if not self.segment_left:
             self.segment_left = int(self.rng.integers(10, 51))
-            perturb = self.rng.random() < self.params["perturbed_share"]
+            perturb = self.rng.random() < self.share
             self.override = self._draw_override() if perturb else None
         self.segment_left -= 1
         if self.override is None:
@@ -235,11 +230,68 @@ class PerturbedTrackPolicy(TrackFollowerPolicy):
         return to_action(steer, gas, brake)
 
     def _draw_override(self) -> tuple:
-        """(steer, gas, brake), None where the follower's own action stays."""
+        """(steer, gas, brake), None where the policy's own action stays."""
         u = lambda lo, hi: float(self.rng.uniform(lo, hi))
         mode = self.modes[int(self.rng.integers(len(self.modes)))]
         return {"steer": (u(-1, 1), None, None), "coast": (None, 0.0, 0.0), "brake": (None, 0.0, u(0.2, 1.0)),
                 "throttle": (None, 1.0, 0.0), "random": (u(-1, 1), u(0, 1), u(0, 1) ** 2)}[mode]
+
+
+class PerturbedTrackPolicy(TrackFollowerPolicy):
+    """PRIVILEGED (data only): the track follower under a `SegmentPerturbation` (20-50 % of segments).
+
+    A follower's actions are a function of what it sees, so a model trained on its data cannot
+    tell what an action does from what the road ahead implies (measured: a dream trained on
+    70 % follower data gave braking as much return as throttle). The perturbed segments show it;
+    the follower then recovers, so the data also shows the way back to the road.
+    """
+
+    name = "track-perturbed"
+
+    def reset(self, rng, env):
+        super().reset(rng, env)
+        self.params["perturbed_share"] = float(rng.uniform(0.2, 0.5))
+        self.perturb = SegmentPerturbation(rng, self.params["perturbed_share"])
+
+    def act(self, obs, env):
+        return self.perturb(super().act(obs, env))
+
+
+class AgentPolicy(Policy):
+    """A dream-trained agent driving the real car, for iterative training (not privileged).
+
+    The agent (an SB3 .zip or a controller .npz, see train/evaluate.py) reads the raw frames
+    through `model` exactly as on LatentCarRacing-v0; a `SegmentPerturbation` over 10-30 % of
+    the segments (per episode) is the exploration noise, so the new data shows what actions do
+    in the states this agent reaches.
+    """
+
+    name = "agent"
+
+    def __init__(self, path: str, model=None):
+        super().__init__()
+        from dreamenv.envs.dream import load_model
+        from dreamenv.envs.latent import RealObserver
+        from train.evaluate import load_policy  # train.evaluate imports dreamenv's envs
+
+        if str(path).endswith(".zip"):
+            import torch
+
+            torch.set_num_threads(1)  # one worker per core
+        self.path, world = str(path), load_model(model)
+        self.agent = load_policy(path, world)
+        self.observer = RealObserver(world, self.agent.obs)
+
+    def reset(self, rng, env):
+        self.params = {"agent": self.path, "perturbed_share": float(rng.uniform(0.1, 0.3))}
+        self.perturb = SegmentPerturbation(rng, self.params["perturbed_share"])
+        self.last = None
+
+    def act(self, obs, env):
+        seen = self.observer.first(obs) if self.last is None else self.observer.next(self.last, obs)
+        steer, gas, brake = self.agent.act(seen[None])[0]
+        self.last = self.perturb(to_action(steer, gas, brake))
+        return self.last
 
 
 class CallablePolicy(Policy):
@@ -283,14 +335,20 @@ POLICIES: dict[str, type[Policy]] = {
 }
 
 
-def make_policy(spec: str) -> Policy:
-    """A registry name (see POLICIES), or 'package.module:factory' for an agent."""
+AGENT_SUFFIXES = (".zip", ".npz")
+
+
+def make_policy(spec: str, model=None) -> Policy:
+    """A registry name (see POLICIES), an agent file (.zip / .npz, reading through bundle `model`,
+    default the shipped one), or 'package.module:factory' for any obs -> action callable."""
     if spec in POLICIES:
         return POLICIES[spec]()
+    if spec.endswith(AGENT_SUFFIXES):
+        return AgentPolicy(spec, model)
     if ":" in spec:
         module, _, attr = spec.partition(":")
         return CallablePolicy(getattr(importlib.import_module(module), attr)(), name=spec)
     raise ValueError(
-        f"train/policies.py: unknown policy '{spec}'; expected one of {sorted(POLICIES)} "
-        f"or 'package.module:factory' returning an obs -> action callable"
+        f"train/policies.py: unknown policy '{spec}'; expected one of {sorted(POLICIES)}, an agent file "
+        f"(.zip / .npz) or 'package.module:factory' returning an obs -> action callable"
     )

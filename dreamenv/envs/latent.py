@@ -50,6 +50,35 @@ def _observe_first(model, frame, obs):
     return carry, z, wm.observe(model, z, carry[1], obs)[0]
 
 
+class RealObserver:
+    """Raw CarRacing-v3 frames -> the dream's observations, for one episode at a time.
+
+    `first(raw)` starts an episode (z_0, a zero carry); `next(action, raw)` takes the action
+    just applied and the frame it led to. Shared by LatentCarRacing-v0 and anything else that
+    runs a dream-trained agent on the real game (e.g. collecting rollouts with it).
+    """
+
+    def __init__(self, model: wm.WorldModel, obs: str):
+        self.model, self.obs = model, obs
+        self._carry = self._z = None  # "pixels" needs neither
+
+    def first(self, raw: np.ndarray) -> np.ndarray:
+        """raw uint8 [96, 96, 3] -> obs"""
+        frame = preprocess(raw, self.model.frames)
+        if self.obs == "pixels":
+            return frame
+        self._carry, self._z, obs = _observe_first(self.model, frame, obs=self.obs)
+        return np.array(obs)
+
+    def next(self, action: np.ndarray, raw: np.ndarray) -> np.ndarray:
+        """action float32 [3] (taken), raw uint8 [96, 96, 3] (the frame after it) -> obs"""
+        frame = preprocess(raw, self.model.frames)
+        if self.obs == "pixels":
+            return frame
+        self._carry, self._z, obs = _observe_real(self.model, self._carry, self._z, action, frame, obs=self.obs)
+        return np.array(obs)
+
+
 class LatentCarRacing(gym.Env):
     """Real CarRacing-v3 with DreamCarRacing-v0's observations.
 
@@ -71,31 +100,21 @@ class LatentCarRacing(gym.Env):
         self.obs_mode = obs
         self.render_mode = render_mode
         self.car = CarRacing(render_mode=render_mode, **kwargs)  # CarRacing-v3, unwrapped
-        self._carry = self._z = None  # "pixels" needs neither
+        self.observer = RealObserver(self.model, obs)
         self._needs_reset = True
 
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)
         raw, info = self.car.reset(seed=seed, options=options)
         self._needs_reset = False
-        frame = preprocess(raw, self.model.frames)
-        if self.obs_mode == "pixels":
-            return frame, info
-        self._carry, self._z, obs = _observe_first(self.model, frame, obs=self.obs_mode)
-        return np.array(obs), info
+        return self.observer.first(raw), info
 
     def step(self, action):
         if self._needs_reset:
             raise gym.error.ResetNeeded("LatentCarRacing: call reset() before step()")
         action = np.clip(check_action(action, (3,)), wm.ACTION_LOW, wm.ACTION_HIGH)
         raw, reward, terminated, truncated, info = self.car.step(action)
-        frame = preprocess(raw, self.model.frames)
-        if self.obs_mode == "pixels":
-            return frame, float(reward), terminated, truncated, info
-        self._carry, self._z, obs = _observe_real(
-            self.model, self._carry, self._z, action, frame, obs=self.obs_mode
-        )
-        return np.array(obs), float(reward), terminated, truncated, info
+        return self.observer.next(action, raw), float(reward), terminated, truncated, info
 
     def render(self):
         return self.car.render()

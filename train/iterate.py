@@ -1,0 +1,109 @@
+"""The paper's iterative training, as stages of `python -m train.pipeline --iterations K`.
+
+After the base model (DIR/bundle, "iteration 0"):
+
+    DIR/iter0/agent/      agent A_0 trained in the base dream (python -m train.agent), real score
+    for i = 1..K:
+      DIR/rollouts/       + --iter-episodes real rollouts driven by A_{i-1} through its own world
+                          model, perturbed segments as exploration (train/policies.py AgentPolicy),
+                          numbered after the earlier ones, so the held-out split keeps its rollouts
+      DIR/latents/        + those rollouts encoded by the same VAE (the VAE is not retrained)
+      DIR/iter{i}/mdnrnn  M_{i-1}'s MDN-RNN fine-tuned on all the data (train.mdnrnn --init)
+      DIR/iter{i}/bundle  the new world model M_i
+      DIR/iter{i}/agent/  a fresh agent A_i trained in M_i's dream; its real score
+
+Each stage is its command's own (finished shards skipped, checkpoints resumed), so a rerun carries
+on. `records(out, s, K)` collects every iteration's real and dream scores and data size for
+pipeline.json.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from train import collect, encode, mdnrnn
+
+
+def iteration_dir(out: Path, i: int) -> Path:
+    return out / f"iter{i}"
+
+
+def bundle_of(out: Path, i: int) -> Path:
+    """The world model of iteration i (0: the base pipeline's)."""
+    return out / "bundle" if i == 0 else iteration_dir(out, i) / "bundle"
+
+
+def agent_file(out: Path, i: int) -> Path:
+    return iteration_dir(out, i) / "agent" / "agent.zip"
+
+
+def first_episode(s: dict, i: int) -> int:
+    """Index of iteration i's first collected rollout (after the base data and earlier iterations)."""
+    return s["episodes"] + s["perturbed_episodes"] + (i - 1) * s["iter_episodes"]
+
+
+def train_agent(argv: list[str]) -> int:
+    """`python -m train.agent ARGV` in its own process (its JAX settings must precede JAX's start)."""
+    return subprocess.run([sys.executable, "-m", train_agent.module, *argv]).returncode
+
+
+train_agent.module = "train.agent"  # what the pipeline prints as the stage's command
+
+
+def agent_stage(out: Path, s: dict, i: int, seed: int) -> tuple:
+    argv = ["--model", str(bundle_of(out, i)), "--out", str(iteration_dir(out, i) / "agent"),
+            "--timesteps", str(s["agent_timesteps"]), "--eval-every", str(s["agent_timesteps"]),
+            "--final-episodes", str(s["eval_episodes"]), "--eval-episodes", "2", "--max-steps", str(s["max_steps"]),
+            "--seed", str(seed)]
+    return f"iter{i}-agent", train_agent, argv
+
+
+def stages(out: Path, s: dict, iterations: int, seed: int, workers: list[str]) -> list[tuple]:
+    """(name, main, argv) of every iteration stage, in order."""
+    result = [agent_stage(out, s, 0, seed)]
+    for i in range(1, iterations + 1):
+        here = iteration_dir(out, i)
+        result += [
+            (f"iter{i}-collect", collect.main,
+             ["--policy", str(agent_file(out, i - 1)), "--model", str(bundle_of(out, i - 1)),
+              "--episodes", str(s["iter_episodes"]), "--first-episode", str(first_episode(s, i)),
+              "--max-steps", str(s["max_steps"]), "--seed", str(seed), "--out", str(out / "rollouts"), *workers]),
+            (f"iter{i}-encode", encode.main,
+             ["--data", str(out / "rollouts"), "--vae", str(out / "vae"), "--out", str(out / "latents")]),
+            (f"iter{i}-mdnrnn", mdnrnn.main,
+             ["--latents", str(out / "latents"), "--vae", str(out / "vae"), "--out", str(here / "mdnrnn"),
+              "--bundle", str(bundle_of(out, i)), "--init", str(bundle_of(out, i - 1)),
+              "--steps", str(s["iter_mdn_steps"]), "--seq-len", str(s["seq_len"]), "--lr", str(s["iter_lr"]),
+              "--lr-end", f"{s['iter_lr'] / 10:g}", "--eval-every", str(max(s["iter_mdn_steps"] // 2, 1)),
+              "--seed", str(seed + i)]),
+            agent_stage(out, s, i, seed),
+        ]
+    return result
+
+
+def records(out: Path, iterations: int) -> list[dict]:
+    """Per finished iteration: its agent's real and dream scores, its model's held-out metrics and data."""
+    rows = []
+    for i in range(iterations + 1):
+        results = iteration_dir(out, i) / "agent" / "results.json"
+        if not results.is_file():
+            break
+        r = json.loads(results.read_text())
+        config = json.loads((bundle_of(out, i) / "config.json").read_text())["metadata"]
+        rows.append({"iteration": i, "real": r["real"], "dream": r["dream"], "agent": r["agent"],
+                     "bundle": str(bundle_of(out, i)), "mdnrnn_heldout": config.get("mdnrnn_metrics"),
+                     "train_rollouts": config.get("train_rollouts"), "train_steps": config.get("train_steps")})
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown table of the records."""
+    lines = ["| iteration | train rollouts | dream return | real return (mean ± std, episodes) |",
+             "|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['iteration']} | {r['train_rollouts']} | {r['dream']['mean']:.1f} | "
+                     f"{r['real']['mean']:.1f} ± {r['real']['std']:.1f} ({r['real']['episodes']}) |")
+    return "\n".join(lines)
