@@ -12,6 +12,7 @@ callable given as 'package.module:factory' (a zero-argument callable returning `
     track-perturbed  PRIVILEGED track-follower whose actions are overridden in random segments
                 by state-independent ones (data only), so the data shows what each action does
     mix         per episode, one of ou, controller, track by weight (the default: 70% track, 15% each other)
+    random      per episode, ou or controller (half each): the non-privileged data regime
     PATH.zip | PATH.npz  a dream-trained agent (SB3 or controller) with perturbed segments as exploration
 """
 
@@ -330,8 +331,16 @@ class MixPolicy(Policy):
         return self.inner.act(obs, env)
 
 
+class RandomMixPolicy(MixPolicy):
+    """NOT privileged: per episode, the OU driver or a random controller (half each)."""
+
+    name = "random"
+    weights = {"ou": 0.5, "controller": 0.5}
+
+
 POLICIES: dict[str, type[Policy]] = {
-    cls.name: cls for cls in (OUPolicy, RandomControllerPolicy, TrackFollowerPolicy, PerturbedTrackPolicy, MixPolicy)
+    cls.name: cls for cls in (OUPolicy, RandomControllerPolicy, TrackFollowerPolicy, PerturbedTrackPolicy, MixPolicy,
+                              RandomMixPolicy)
 }
 
 
