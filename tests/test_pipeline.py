@@ -5,6 +5,7 @@ import json
 
 import imageio.v3 as imageio
 import numpy as np
+import pytest
 
 from dreamenv.checkpoint import load_bundle
 from train import pipeline, ship
@@ -48,12 +49,16 @@ def test_pipeline_builds_a_loadable_bundle_and_reruns_as_a_no_op(tmp_path):
     assert load_bundle(out / "bundle").metadata["train_rollouts"] == train_rollouts  # the base model stays
 
     dest, card = tmp_path / "assets" / "default", tmp_path / "assets" / "MODEL_CARD.md"
-    assert ship.main(["--run", str(out), "--dest", str(dest), "--card", str(card),
+    assert ship.main(["--run", str(out), "--iteration", "1", "--dest", str(dest), "--card", str(card),
                       "--eval-frames", "16", "--strip-steps", "30"]) == 0
     shipped = load_bundle(dest)
-    assert shipped.metadata == load_bundle(out / "bundle").metadata and shipped.mdnrnn == bundle.mdnrnn
+    assert shipped.metadata == load_bundle(out / "iter1" / "bundle").metadata and shipped.mdnrnn == bundle.mdnrnn
+    assert shipped.metadata["iteration"] == 1 and shipped.metadata["pipeline"]["iterations"] == done["iterations"]
     text = card.read_text()
     assert "| vae_mse_per_pixel |" in text and "| mse_ratio_to_persistence |" in text
+    assert "model of\n  iteration 1" in text and "| 1 | 4 |" in text and "--iteration 1" in text
+    with pytest.raises(SystemExit, match="no bundle at"):
+        ship.main(["--run", str(out), "--iteration", "2", "--dest", str(dest), "--card", str(card)])
     for png in ("recon.png", "dream.png"):
         assert (card.parent / "card" / png).read_bytes()[:4] == b"\x89PNG"
     strip = imageio.imread(card.parent / "card" / "dream.png")[..., :3] / 255.0

@@ -66,7 +66,9 @@ def test_metadata_matches_the_arrays(bundle):
     assert config["mdnrnn"]["hidden_size"] == bundle.mdnrnn.hidden_size
     pipeline = meta["pipeline"]
     assert pipeline["command"].startswith("python -m train.pipeline")
-    assert set(pipeline["stage_seconds"]) == {"collect", "collect-perturbed", "vae", "encode", "mdnrnn"}
-    assert meta["train_rollouts"] + meta["heldout_rollouts"] == pipeline["data"]["rollouts"]
+    assert set(pipeline["stage_seconds"]) >= {"collect", "collect-perturbed", "vae", "encode", "mdnrnn"}
+    rounds = {r["iteration"]: r for r in pipeline.get("iterations", [])}
+    built_on = rounds[meta["iteration"]]["rollouts"] if rounds else pipeline["data"]["rollouts"]
+    assert meta["train_rollouts"] + meta["heldout_rollouts"] == built_on
     for key in ("nll_per_step", "mse_ratio_to_persistence", "reward_corr", "done_auc"):
         assert key in meta["mdnrnn_metrics"]

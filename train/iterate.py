@@ -95,7 +95,8 @@ def records(out: Path, iterations: int) -> list[dict]:
         config = json.loads((bundle_of(out, i) / "config.json").read_text())["metadata"]
         rows.append({"iteration": i, "real": r["real"], "dream": r["dream"], "agent": r["agent"],
                      "bundle": str(bundle_of(out, i)), "mdnrnn_heldout": config.get("mdnrnn_metrics"),
-                     "train_rollouts": config.get("train_rollouts"), "train_steps": config.get("train_steps")})
+                     "train_rollouts": config.get("train_rollouts"), "train_steps": config.get("train_steps"),
+                     "rollouts": config.get("train_rollouts", 0) + config.get("heldout_rollouts", 0)})
     return rows
 
 

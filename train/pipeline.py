@@ -127,9 +127,11 @@ def main(argv=None) -> int:
         record["iterations"] = iterate.records(args.out, args.iterations)
         print(iterate.table(record["iterations"]))
     atomic_write_bytes(path, json.dumps(record, indent=1).encode())
-    bundle = load_bundle(args.out / "bundle")
-    save_bundle(args.out / "bundle", dataclasses.replace(bundle, metadata={**bundle.metadata, "pipeline": record}))
-    print(f"bundle: {args.out / 'bundle'}  (gym.make('DreamCarRacing-v0', model='{args.out / 'bundle'}'))")
+    for i in range(len(record.get("iterations", [])) or 1):  # every model built records how
+        folder = iterate.bundle_of(args.out, i)
+        bundle = load_bundle(folder)
+        save_bundle(folder, dataclasses.replace(bundle, metadata={**bundle.metadata, "pipeline": record, "iteration": i}))
+    print(f"bundle: {folder}  (gym.make('DreamCarRacing-v0', model='{folder}'))")
     return 0
 
 

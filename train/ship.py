@@ -1,4 +1,4 @@
-"""Ship a pipeline run's bundle as the package default: `python -m train.ship --run runs/ship`.
+"""Ship a pipeline run's bundle as the package default: `python -m train.ship --run runs/ship [--iteration I]`.
 
 Evaluates the run's bundle stored as float32 and as float16 on the same held-out rollouts (VAE
 reconstruction MSE per pixel; the MDN-RNN's held-out metrics), keeps float16 when no metric moves
@@ -26,7 +26,9 @@ from dreamenv.atomic import atomic_write_bytes
 from dreamenv.checkpoint import Bundle, load_bundle, save_bundle
 from dreamenv.frames import to_float
 from dreamenv.shards import list_shards, load_shard
+from train.iterate import bundle_of
 from train.latents import vae_fingerprint
+from train.policies import AGENT_SUFFIXES
 from train.mdnrnn import load_split
 from train.mdnrnn_loss import evaluate
 from train.split import split_rollouts
@@ -40,6 +42,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m train.ship", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", type=Path, required=True, help="pipeline output folder (train.pipeline --out)")
+    p.add_argument("--iteration", type=int, default=0,
+                   help="which model of an iterative run (train.pipeline --iterations): 0 = the base one")
     p.add_argument("--dest", type=Path, default=ASSETS / "default")
     p.add_argument("--card", type=Path, default=ASSETS / "MODEL_CARD.md")
     p.add_argument("--tolerance", type=float, default=0.01, help="relative metric change float16 may make")
@@ -91,8 +95,23 @@ def card(run: Path, bundle: Bundle, table: dict, dtype: str, size_mb: float) -> 
     frames = sum(s["steps"] for s in manifest)
     choices = {}
     for s in manifest:
-        choice = s["params"].get("choice", s["policy"])
+        choice = "agent" if s["policy"].endswith(AGENT_SUFFIXES) else s["params"].get("choice", s["policy"])
         choices[choice] = choices.get(choice, 0) + 1
+    iteration = meta.get("iteration", 0)
+    rounds = [r for r in pipeline.get("iterations", []) if r["iteration"] <= iteration]
+    history = "\n".join(f"| {r['iteration']} | {r['rollouts']} | {r['dream']['mean']:.0f} | {r['real']['mean']:.0f} ± "
+                        f"{r['real']['std']:.0f} ({r['real']['episodes']}) |" for r in rounds)
+    iterations = f"""- Iterative training (the paper's procedure, `train.pipeline --iterations`): this is the model of
+  iteration {iteration}. Each iteration, the previous model's dream-trained PPO agent drove
+  {pipeline.get("settings", {}).get("iter_episodes")} new real rollouts (with perturbed segments as
+  exploration) and the MDN-RNN was fine-tuned on all the data; then a fresh agent trained in the new
+  dream was scored on the real game:
+
+| iteration | rollouts | agent's dream return | agent's real return (episodes) |
+|---|---|---|---|
+{history}
+
+""" if rounds else ""
     rows = "\n".join(
         f"| {k} | {table['float32'][k]:.5g} | {table['float16'][k]:.5g} |" for k in table["float32"]
         if isinstance(table["float32"][k], (int, float))
@@ -101,7 +120,7 @@ def card(run: Path, bundle: Bundle, table: dict, dtype: str, size_mb: float) -> 
 
 `gym.make("DreamCarRacing-v0")` and `gym.make("LatentCarRacing-v0")` load this bundle
 (`dreamenv/assets/default`, stored as {dtype}, {size_mb:.1f} MB). Rebuild it with
-`{pipeline.get("command", "python -m train.pipeline")}` then `python -m train.ship --run RUN`
+`{pipeline.get("command", "python -m train.pipeline")}` then `python -m train.ship --run RUN{f" --iteration {iteration}" if iteration else ""}`
 (git commit of the build: `{pipeline.get("git_commit", "unknown")}`).
 
 ## Data
@@ -119,9 +138,9 @@ existed when it trained).
 
 - VAE (paper layout, latent 32, KL free bits 0.5/dim): {vae_hist[-1]["step"]} Adam steps of 64
   frames; held-out MSE/pixel by step: {", ".join(f'{h["step"]}: {h["heldout_mse_per_pixel"]:.5f}' for h in vae_hist)}.
-- MDN-RNN (LSTM 256, 5 components, {"residual" if bundle.mdnrnn.residual else "absolute"} means): {mdn_args.get("steps")} steps, batch
+- MDN-RNN (LSTM 256, 5 components, {"residual" if bundle.mdnrnn.residual else "absolute"} means): {mdn_args.get("steps")} steps{" (this iteration's fine-tuning)" if iteration else ""}, batch
   {mdn_args.get("batch_size")}, windows of {mdn_args.get("seq_len")}, z noise {mdn_args.get("z_noise")}.
-- Pipeline settings: `{json.dumps(pipeline.get("settings", {}))}`; wall seconds per stage (summed
+{iterations}- Pipeline settings: `{json.dumps(pipeline.get("settings", {}))}`; wall seconds per stage (summed
   over invocations, resumes included): `{json.dumps(pipeline.get("stage_seconds", {}))}`.
 
 ## Held-out metrics (float32 vs the shipped float16)
@@ -153,11 +172,11 @@ A dream from a held-out rollout's first frame under its real actions at τ = 1, 
   seen few of them.
 - The dream is only as good as the states the data covers; see the fidelity benchmark for
   open-loop error by horizon.
-- Actions are confounded with states in the data: most rollouts come from a track-follower whose
-  steering and braking are (nearly) a function of what it sees, so the model learns "the road
-  comes towards the car" more than "steering turns the car". An agent trained in this dream
-  exploits that (see the agents issue's notes): data with state-independent action noise is the
-  next step.
+- Actions are partly confounded with states: most rollouts come from drivers whose actions are
+  (nearly) a function of what they see; the perturbed segments (state-independent actions) are what
+  show the model what each control does (`python -m benchmarks.controls` compares fixed-action
+  returns in the dream and on the real game). An agent trained long in the dream learns its flaws:
+  its dream return climbs while its real score falls.
 - Trained on sampled latents z ~ N(mu, σ²) (the paper's regulariser, needed for stable
   open-loop dreams), its 1-step mixture mean from clean latents is worse than persistence.
 """
@@ -165,9 +184,13 @@ A dream from a held-out rollout's first frame under its real actions at τ = 1, 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    bundle = load_bundle(args.run / "bundle")
+    source = bundle_of(args.run, args.iteration)
+    if not (source / "config.json").is_file():
+        raise SystemExit(f"train/ship.py: no bundle at {source}; run train.pipeline --out {args.run} "
+                         f"--iterations {max(args.iteration, 1)} first")
+    bundle = load_bundle(source)
     if vae_fingerprint(bundle.vae, bundle.vae_params) != bundle.metadata.get("vae_fingerprint"):
-        raise SystemExit(f"train/ship.py: {args.run / 'bundle'}'s VAE is not the one its latents came from")
+        raise SystemExit(f"train/ship.py: {source}'s VAE is not the one its latents came from")
     held_paths = heldout(args.run)
     frames = heldout_frames(held_paths, args.eval_frames)
     with tempfile.TemporaryDirectory() as tmp:
