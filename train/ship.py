@@ -92,6 +92,7 @@ def card(run: Path, bundle: Bundle, table: dict, dtype: str, size_mb: float) -> 
     vae_hist = vae_info["history"]
     mdn_args = meta.get("mdnrnn_args", {})
     manifest = json.loads((run / "rollouts" / "manifest.json").read_text())["shards"]
+    manifest = manifest[: meta.get("train_rollouts", 0) + meta.get("heldout_rollouts", 0)]  # what this model saw
     frames = sum(s["steps"] for s in manifest)
     choices = {}
     for s in manifest:
@@ -144,6 +145,9 @@ existed when it trained).
   over invocations, resumes included): `{json.dumps(pipeline.get("stage_seconds", {}))}`.
 
 ## Held-out metrics (float32 vs the shipped float16)
+
+On every held-out rollout of the run ({table["float32"]["steps"]} steps; rollouts collected after
+this model was built, by later iterations, are held out from it too).
 
 Targets: VAE MSE/pixel ≤ 0.0015; 1-step mixture-mean MSE ≤ 0.5 × persistence; reward
 correlation ≥ 0.5; done AUC ≥ 0.9 (NaN: no terminal step among the held-out rollouts).
