@@ -83,9 +83,9 @@ def test_perturbed_follower_overrides_a_share_of_segments():
     overridden = 0
     for _ in range(300):
         action = policy.act(obs, env)
-        if policy.override is not None:
+        if policy.perturb.override is not None:
             overridden += 1
-            for i, value in enumerate(policy.override):
+            for i, value in enumerate(policy.perturb.override):
                 if value is not None:
                     assert action[i] == pytest.approx(value, abs=1e-6)
         obs, *_ = env.step(action)
