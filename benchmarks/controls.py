@@ -12,7 +12,6 @@ benchmarks/out/controls.json).
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import gymnasium as gym
@@ -20,9 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import emit
 from dreamenv import MAX_EPISODE_STEPS
 from dreamenv import world_model as wm
-from dreamenv.atomic import atomic_write_bytes
 from dreamenv.envs.dream import DEFAULT_MODEL, check_temperature, load_model
 from train.mdnrnn_loss import average_ranks
 
@@ -109,10 +108,7 @@ def main(argv=None) -> dict:
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     result = controls(args.model, args.temperature, args.dream_episodes, args.real_episodes, args.steps, args.seed)
-    atomic_write_bytes(args.out, json.dumps(result, indent=1).encode())
-    print(result["markdown"])
-    print(f"-> {args.out}")
-    return result
+    return emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -15,10 +15,9 @@ import jax
 jax.config.update("jax_cpu_enable_async_dispatch", False)  # before JAX starts: see dreamenv/envs/dream.py
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from dreamenv.atomic import atomic_write_bytes  # noqa: E402
+from benchmarks import emit  # noqa: E402
 from dreamenv.envs.dream import DEFAULT_MODEL, check_temperature, load_model  # noqa: E402
 from train.evaluate import evaluate_dream, evaluate_real, summary  # noqa: E402
 
@@ -71,10 +70,7 @@ def main(argv=None) -> dict:
     budget = SMOKE if args.smoke else dict(real_episodes=args.real_episodes, dream_episodes=args.dream_episodes,
                                            max_steps=args.max_steps)
     result = transfer(args.agent, args.model, args.temperatures, seed=args.seed, workers=args.workers, **budget)
-    atomic_write_bytes(args.out, json.dumps(result, indent=1).encode())
-    print(result["markdown"])
-    print(f"-> {args.out}")
-    return result
+    return emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ After the base model (DIR/bundle, "iteration 0"):
       DIR/iter{i}/agent/  a fresh agent A_i trained in M_i's dream; its real score
 
 Each stage is its command's own (finished shards skipped, checkpoints resumed), so a rerun carries
-on. `records(out, s, K)` collects every iteration's real and dream scores and data size for
+on. `records(out, K)` collects every iteration's real and dream scores and data size for
 pipeline.json.
 """
 

@@ -146,9 +146,6 @@ def train(args) -> dict:
     state = {"params": params, "opt_state": opt.init(params), "step": 0, "key": jax.random.key_data(key)}
     ckpt = TrainCheckpoint(args.out / "checkpoint")
     state = ckpt.restore(state) or state
-    pos_weight = done_pos_weight(train_set)
-    update = make_update(model, opt, args, pos_weight)
-    data = device_data(train_set, args.seq_len)
     metrics_path = args.out / "metrics.json"
     history = json.loads(metrics_path.read_text())["history"] if metrics_path.exists() and state["step"] else []
     history = [h for h in history if h["step"] <= state["step"]]
@@ -157,6 +154,8 @@ def train(args) -> dict:
     if state["step"] >= args.steps and history and (bundle_path / "config.json").is_file():
         print(f"train/mdnrnn.py: {args.out} finished {state['step']} steps and wrote {bundle_path}; nothing to do")
         return history[-1]  # the bundle stays as written: rollouts added since then are not its data
+    update = make_update(model, opt, args, done_pos_weight(train_set))
+    data = device_data(train_set, args.seq_len)
     params, opt_state = state["params"], state["opt_state"]
     key = jax.random.wrap_key_data(jnp.asarray(state["key"]))
     step = int(state["step"])

@@ -169,6 +169,8 @@ A dream from a held-out rollout's first frame under its real actions at τ = 1, 
 
 ## Known limits
 
+- Some dreams stay in the start's zoomed-out map view (a dark frame) long after the real game has
+  zoomed in: the strip above may show one; more often since the agents' own rollouts were added.
 - Per-step reward is a tile-crossing spike the 64×64 frame barely shows, so the reward head
   predicts its expected rate; returns over many steps are much better predicted than single steps
   (see `python -m benchmarks.fidelity`).
