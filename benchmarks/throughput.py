@@ -39,6 +39,7 @@ import dreamenv  # noqa: E402, F401  (registers the envs)
 from dreamenv import world_model as wm  # noqa: E402
 from dreamenv.atomic import atomic_write  # noqa: E402
 from dreamenv.checkpoint import load_bundle, random_bundle  # noqa: E402
+from dreamenv.mdnrnn import head_layout  # noqa: E402
 
 TARGETS = {  # ratio to CarRacing-v3
     "DreamCarRacing-v0 (gym.make, 1 env)": 50.0,
@@ -168,8 +169,9 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.model is None:
         bundle = random_bundle(jax.random.key(0))
-        params = jax.tree_util.tree_map(np.asarray, bundle.mdnrnn_params)
-        params["params"]["cell"]["head"]["done"]["bias"] = np.full(1, -10.0, np.float32)
+        params = jax.tree_util.tree_map(np.array, bundle.mdnrnn_params)
+        done = head_layout(bundle.mdnrnn.num_mixtures, bundle.mdnrnn.latent_dim)["done"]
+        params["params"]["cell"]["head"]["out"]["bias"][done] = -10.0
         bundle = dataclasses.replace(bundle, mdnrnn_params=params)
         model_name = "random weights, full-size architecture, done bias -10"
     else:

@@ -28,7 +28,8 @@ from dreamenv.frames import FrameConfig
 from dreamenv.mdnrnn import MDNRNN
 from dreamenv.vae import VAE
 
-FORMAT_VERSION = 3  # 3: the MDN-RNN config says whether its means are residual; 2 had no such field
+FORMAT_VERSION = 4  # 4: the MDN-RNN's LSTM and head are one matrix each (3: flax's LSTMCell, 5 head layers)
+READABLE_VERSIONS = (3, 4)  # 3 is converted on load (`fuse_v3_mdnrnn`); 2 had no `residual` field
 CONFIG_FILE = "config.json"
 PARAMS_FILE = "params.msgpack"
 STORAGE_DTYPES = ("float32", "float16")
@@ -144,10 +145,10 @@ def _read_config(path: Path) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BundleError(f"model bundle {path}: {CONFIG_FILE} is not valid JSON ({e})") from e
     version = config.get("format_version") if isinstance(config, dict) else None
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise BundleError(
             f"model bundle {path} has format version {version!r}; this dreamenv reads "
-            f"version {FORMAT_VERSION} (re-export it with a matching dreamenv)"
+            f"versions {READABLE_VERSIONS} (re-export it with a matching dreamenv)"
         )
     return config
 
@@ -178,6 +179,21 @@ def _check_shapes(path: Path, what: str, expected, got):
             )
 
 
+def fuse_v3_mdnrnn(path: Path, tree) -> dict:
+    """Format-3 MDN-RNN params (flax LSTMCell's ii..io / hi..ho, head layers pi, mu, sigma, reward,
+    done) -> format 4's fused `lstm/kernel`, `lstm/bias`, `head/out`. Exact: the same function."""
+    try:
+        lstm, head = tree["params"]["cell"]["lstm"], tree["params"]["cell"]["head"]
+        gates = "ifgo"  # flax's order, and LSTMCell's split
+        kernel = np.concatenate([np.concatenate([lstm[f"i{g}"]["kernel"], lstm[f"h{g}"]["kernel"]]) for g in gates], 1)
+        bias = np.concatenate([lstm[f"h{g}"]["bias"] for g in gates])
+        parts = ("pi", "mu", "sigma", "reward", "done")  # head_layout's column order
+        out = {n: np.concatenate([head[p][n] for p in parts], axis=-1) for n in ("kernel", "bias")}
+    except (KeyError, TypeError, ValueError) as e:
+        raise BundleError(f"model bundle {path}: format-3 MDN-RNN params are incomplete ({e!r})") from e
+    return {"params": {"cell": {"lstm": {"kernel": kernel, "bias": bias}, "head": {"out": out}}}}
+
+
 def load_bundle(path: str | Path) -> Bundle:
     """Read and validate a bundle folder; params come back as float32 numpy arrays."""
     path = Path(path)
@@ -195,6 +211,8 @@ def load_bundle(path: str | Path) -> Bundle:
     if not isinstance(tree, dict) or set(tree) != {"vae", "mdnrnn", "start_latents"}:
         raise BundleError(f"model bundle {path}: {PARAMS_FILE} lacks vae/mdnrnn/start_latents")
 
+    if config["format_version"] == 3:
+        tree["mdnrnn"] = fuse_v3_mdnrnn(path, tree["mdnrnn"])
     vae = _build(path, VAE, config.get("vae", {}))
     mdnrnn = _build(path, MDNRNN, config.get("mdnrnn", {}))
     frames = _build(path, FrameConfig, config.get("frames", {}))

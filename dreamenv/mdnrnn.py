@@ -23,8 +23,18 @@ from dreamenv.mixture import LOG_SIGMA_MIN
 Carry = tuple  # (c [B, H], h [B, H]) as flax's LSTMCell keeps it
 
 
+def head_layout(num_mixtures: int, latent_dim: int) -> dict:
+    """Column slices of the head's single output layer: pi [K], mu [K·D], sigma [K·D], reward, done."""
+    k, kd = num_mixtures, num_mixtures * latent_dim
+    return dict(pi=slice(0, k), mu=slice(k, k + kd), sigma=slice(k + kd, k + 2 * kd),
+                reward=slice(k + 2 * kd, k + 2 * kd + 1), done=slice(k + 2 * kd + 1, k + 2 * kd + 2))
+
+
 class MDNHead(nn.Module):
-    """(h_{t+1}, z_t) -> dict(log_pi [..,K], mu [..,K,D], log_sigma [..,K,D], reward [..], done_logit [..])."""
+    """(h_{t+1}, z_t) -> dict(log_pi [..,K], mu [..,K,D], log_sigma [..,K,D], reward [..], done_logit [..]).
+
+    One Dense layer `out` [H, K + 2·K·D + 2] computes every output (columns: `head_layout`).
+    """
 
     latent_dim: int
     num_mixtures: int
@@ -34,21 +44,61 @@ class MDNHead(nn.Module):
     @nn.compact
     def __call__(self, h, z):
         k, d = self.num_mixtures, self.latent_dim
-        logits = nn.Dense(k, name="pi")(h)
-        # Components start apart (bias ~ N(0, 0.1²), ≈ a step's motion) against mode collapse.
-        means = nn.Dense(k * d, bias_init=nn.initializers.normal(0.1), name="mu")(h).reshape(*h.shape[:-1], k, d)
-        raw_sigma = nn.Dense(k * d, name="sigma")(h)
+        cols = head_layout(k, d)
+        out = nn.Dense(cols["done"].stop, bias_init=self._bias_init, name="out")(h)
+        means = out[..., cols["mu"]].reshape(*h.shape[:-1], k, d)
         # σ = σ_min + softplus(raw): smooth, never below the floor (no overconfidence).
-        sigma = self.sigma_min + jax.nn.softplus(raw_sigma)
-        reward = nn.Dense(1, name="reward")(h)[..., 0]
-        done_logit = nn.Dense(1, name="done")(h)[..., 0]
+        sigma = self.sigma_min + jax.nn.softplus(out[..., cols["sigma"]])
         return dict(
-            log_pi=jax.nn.log_softmax(logits, axis=-1),
+            log_pi=jax.nn.log_softmax(out[..., cols["pi"]], axis=-1),
             mu=z[..., None, :] + means if self.residual else means,
             log_sigma=jnp.maximum(jnp.log(sigma), LOG_SIGMA_MIN).reshape(*h.shape[:-1], k, d),
-            reward=reward,
-            done_logit=done_logit,
+            reward=out[..., cols["reward"].start],
+            done_logit=out[..., cols["done"].start],
         )
+
+    def _bias_init(self, key, shape, dtype=jnp.float32):
+        """Zeros, but the K means start apart (bias ~ N(0, 0.1²), ≈ a step's motion) against mode collapse."""
+        cols = head_layout(self.num_mixtures, self.latent_dim)
+        mu = 0.1 * jax.random.normal(key, (cols["mu"].stop - cols["mu"].start,), dtype)
+        return jnp.zeros(shape, dtype).at[cols["mu"]].set(mu)
+
+
+class LSTMCell(nn.Module):
+    """flax's `nn.LSTMCell` (same gates, same initialisation) with its eight matrices stored as one:
+    `kernel` [n_in + H, 4H] applied to [x, h] and `bias` [4H], gates in the order i, f, g, o.
+
+    One matmul per step instead of eight: at batch 1 (a single env) the step's cost is dispatch, so
+    fewer, larger ops are what make it fast.
+    """
+
+    hidden_size: int
+
+    @nn.compact
+    def __call__(self, carry, x):
+        # carry: (c, h) each [B, H]; x: [B, n_in]
+        c, h = carry
+        n_in, hid = x.shape[-1], self.hidden_size
+        kernel = self.param("kernel", lstm_kernel_init(n_in, hid), (n_in + hid, 4 * hid))
+        bias = self.param("bias", nn.initializers.zeros, (4 * hid,))
+        gates = jnp.concatenate([x, h], axis=-1) @ kernel + bias  # [B, 4H]
+        i, f, g, o = jnp.split(gates, 4, axis=-1)
+        c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+        h = jax.nn.sigmoid(o) * jnp.tanh(c)
+        return (c, h), h
+
+
+def lstm_kernel_init(n_in: int, hidden: int):
+    """flax LSTMCell's init for the fused kernel: lecun-normal input rows, an orthogonal [H, H] per gate."""
+
+    def init(key, shape, dtype=jnp.float32):
+        k_in, k_rec = jax.random.split(key)
+        w_in = nn.initializers.lecun_normal()(k_in, (n_in, 4 * hidden), dtype)
+        orth = nn.initializers.orthogonal()
+        w_rec = jnp.concatenate([orth(k, (hidden, hidden), dtype) for k in jax.random.split(k_rec, 4)], axis=1)
+        return jnp.concatenate([w_in, w_rec], axis=0)
+
+    return init
 
 
 class MDNCell(nn.Module):
@@ -63,7 +113,7 @@ class MDNCell(nn.Module):
     @nn.compact
     def __call__(self, carry, x):
         # x: [B, D + A]; carry: (c, h) each [B, H]
-        carry, h = nn.LSTMCell(self.hidden_size, name="lstm")(carry, x)
+        carry, h = LSTMCell(self.hidden_size, name="lstm")(carry, x)
         z = x[..., : self.latent_dim]
         out = MDNHead(self.latent_dim, self.num_mixtures, self.sigma_min, self.residual, name="head")(h, z)
         return carry, dict(h=h, **out)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from dreamenv.checkpoint import random_bundle, save_bundle
-from dreamenv.mdnrnn import MDNRNN
+from dreamenv.mdnrnn import MDNRNN, head_layout
 from dreamenv.vae import VAE
 
 TINY = dict(vae=VAE(latent_dim=8), mdnrnn=MDNRNN(latent_dim=8, hidden_size=16, num_mixtures=3))
@@ -18,8 +18,9 @@ def tiny_bundle(seed=0, done_bias=None):
     """A random tiny bundle; done_bias (e.g. -20 / +20) makes episodes never / always terminate."""
     bundle = random_bundle(jax.random.key(seed), n_start=5, **TINY)
     if done_bias is not None:
-        params = jax.tree_util.tree_map(np.asarray, bundle.mdnrnn_params)
-        params["params"]["cell"]["head"]["done"]["bias"] = np.full(1, done_bias, np.float32)
+        params = jax.tree_util.tree_map(np.array, bundle.mdnrnn_params)
+        done = head_layout(bundle.mdnrnn.num_mixtures, bundle.mdnrnn.latent_dim)["done"]
+        params["params"]["cell"]["head"]["out"]["bias"][done] = done_bias
         bundle = dataclasses.replace(bundle, mdnrnn_params=params)
     return bundle
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from dreamenv.checkpoint import load_bundle, save_bundle
+from dreamenv.mdnrnn import head_layout
 from train import agent, controller
 from train.evaluate import evaluate_dream, evaluate_real
 
@@ -29,14 +30,16 @@ def gas_path(endless_path, tmp_path_factory):
     """The endless tiny bundle rewired so that hidden unit 0 = tanh(tanh(3·gas)) and reward = that unit."""
     bundle = load_bundle(endless_path)
     params = jax.tree_util.tree_map(np.array, bundle.mdnrnn_params)
-    lstm, head = params["params"]["cell"]["lstm"], params["params"]["cell"]["head"]
-    for gate in "ifgo":  # unit 0 forgets its past and reads nothing but the gas
-        lstm[f"i{gate}"]["kernel"][:, 0] = lstm[f"h{gate}"]["kernel"][:, 0] = 0.0
-        lstm[f"h{gate}"]["bias"][0] = {"i": 10.0, "f": -10.0, "g": 0.0, "o": 10.0}[gate]
-    lstm["ig"]["kernel"][bundle.mdnrnn.latent_dim + 1, 0] = 3.0  # the cell's input is [z, steer, gas, brake]
-    head["reward"]["kernel"][:] = 0.0
-    head["reward"]["kernel"][0] = 1.0
-    head["reward"]["bias"][:] = 0.0
+    lstm, out = params["params"]["cell"]["lstm"], params["params"]["cell"]["head"]["out"]
+    hidden = bundle.mdnrnn.hidden_size
+    for g, gate in enumerate("ifgo"):  # unit 0 forgets its past and reads nothing but the gas
+        lstm["kernel"][:, g * hidden] = 0.0  # the kernel's rows are [z, steer, gas, brake, h]
+        lstm["bias"][g * hidden] = {"i": 10.0, "f": -10.0, "g": 0.0, "o": 10.0}[gate]
+    lstm["kernel"][bundle.mdnrnn.latent_dim + 1, 2 * hidden] = 3.0
+    reward = head_layout(bundle.mdnrnn.num_mixtures, bundle.mdnrnn.latent_dim)["reward"]
+    out["kernel"][:, reward] = 0.0
+    out["kernel"][0, reward] = 1.0
+    out["bias"][reward] = 0.0
     return save_bundle(tmp_path_factory.mktemp("bundles") / "gas", dataclasses.replace(bundle, mdnrnn_params=params))
 
 

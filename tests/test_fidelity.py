@@ -11,6 +11,7 @@ from benchmarks.fidelity import run
 from benchmarks.fidelity_data import choose_starts
 from benchmarks.image_metrics import ssim
 from conftest import tiny_bundle
+from dreamenv.mdnrnn import head_layout
 from dreamenv.shards import ShardError, shard_name, write_shard
 
 STEPS = 12
@@ -40,8 +41,8 @@ def copying_bundle(constant_latents=False):
     bundle = tiny_bundle()
     bundle = dataclasses.replace(bundle, mdnrnn=bundle.mdnrnn.clone(residual=True))
     mdn = jax.tree_util.tree_map(np.array, bundle.mdnrnn_params)
-    head = mdn["params"]["cell"]["head"]["mu"]
-    head["kernel"][:], head["bias"][:] = 0.0, 0.0
+    out, mu = mdn["params"]["cell"]["head"]["out"], head_layout(bundle.mdnrnn.num_mixtures, bundle.mdnrnn.latent_dim)["mu"]
+    out["kernel"][:, mu], out["bias"][mu] = 0.0, 0.0
     vae = jax.tree_util.tree_map(np.array, bundle.vae_params)
     if constant_latents:
         vae["params"]["encoder"]["mu"]["kernel"][:] = 0.0

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dreamenv.mdnrnn import MDNRNN
+from dreamenv.mdnrnn import MDNRNN, head_layout
 
 
 def setup_model(model, batch=3, steps=9, seed=0):
@@ -40,9 +40,9 @@ def test_component_means_start_apart_and_are_absolute_or_residual(residual):
     mu = np.asarray(out["mu"][0, 0])  # [K, D]
     gaps = [np.linalg.norm(mu[i] - mu[j]) for i in range(5) for j in range(i + 1, 5)]
     assert min(gaps) > 0.3
-    zeroed = jax.tree_util.tree_map(np.asarray, params)
-    head = zeroed["params"]["cell"]["head"]["mu"]
-    head["kernel"], head["bias"] = np.zeros_like(head["kernel"]), np.zeros_like(head["bias"])
+    zeroed = jax.tree_util.tree_map(np.array, params)
+    out, mu = zeroed["params"]["cell"]["head"]["out"], head_layout(model.num_mixtures, model.latent_dim)["mu"]
+    out["kernel"][:, mu], out["bias"][mu] = 0.0, 0.0
     _, out = model.apply(zeroed, carry, z, a)
     expected = z[:, :, None] if residual else np.zeros_like(z[:, :, None])
     np.testing.assert_array_equal(out["mu"], np.broadcast_to(expected, out["mu"].shape))

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dreamenv.mdnrnn import MDNRNN
+from dreamenv.mdnrnn import MDNRNN, head_layout
 from train.mdnrnn_loss import auc, gather_windows, sample_windows, window_loss
 
 
@@ -78,13 +78,14 @@ def test_weighted_done_loss_keeps_the_head_calibrated():
     steps = window["valid"][:, :-1]
     rate = float(window["done"][:, :-1][steps].mean())  # one terminal among the valid steps
     params = model.init(jax.random.key(0), model.initial_carry(1), jnp.zeros((1, 1, 4)), jnp.zeros((1, 1, 3)))
+    done = head_layout(model.num_mixtures, model.latent_dim)["done"]
 
     @jax.jit
     @functools.partial(jax.vmap, in_axes=(0, None))
     def bce(bias, weight):  # a constant done logit = bias
-        head = {"kernel": jnp.zeros((8, 1)), "bias": bias[None]}
-        p = {"params": {**params["params"], "cell": {**params["params"]["cell"], "head": {
-            **params["params"]["cell"]["head"], "done": head}}}}
+        out = params["params"]["cell"]["head"]["out"]
+        out = {"kernel": out["kernel"].at[:, done].set(0.0), "bias": out["bias"].at[done].set(bias)}
+        p = {"params": {**params["params"], "cell": {**params["params"]["cell"], "head": {"out": out}}}}
         return window_loss(model, p, window, jax.random.key(1), weight, 1.0, 1.0)[1]["done_bce"]
 
     grid = jnp.linspace(-5.0, 2.0, 141)

@@ -133,7 +133,7 @@ def split_chains(keys):
     return pair[:, 0], pair[:, 1]
 
 
-@partial(jax.jit, static_argnames="obs")
+@partial(jax.jit, static_argnames="obs", compiler_options=wm.SEQUENTIAL_CPU)
 def reset_envs(model, keys, obs):
     """Reset every env from its own key chain. keys: [N] -> (state, keys', obs [N, ...])."""
     keys, now = split_chains(keys)
@@ -178,7 +178,7 @@ class Screen:
             self.window = None
 
 
-@partial(jax.jit, static_argnames="obs")
+@partial(jax.jit, static_argnames="obs", compiler_options=wm.SEQUENTIAL_CPU)
 def _step_one(model, state, keys, action, temperature, obs):
     """One env's step, outputs gathered for a single host transfer. action: [3]."""
     keys, now = split_chains(keys)
@@ -211,13 +211,14 @@ class DreamCarRacing(gym.Env):
         self._screen = Screen(render_mode, render_scale)
         self._temperature = jnp.float32(self.temperature)
         self._dim = self.observation_space.shape[0]
+        self._core = self.model.for_obs(obs)
         self._state = self._keys = None
 
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)
         if seed is not None or self._keys is None:
             self._keys = key_chains([self.np_random])
-        self._state, self._keys, obs = reset_envs(self.model, self._keys, obs=self.obs_mode)
+        self._state, self._keys, obs = reset_envs(self._core, self._keys, obs=self.obs_mode)
         if self.render_mode == "human":
             self.render()
         return np.array(obs[0]), {}
@@ -227,7 +228,7 @@ class DreamCarRacing(gym.Env):
             raise gym.error.ResetNeeded("DreamCarRacing: call reset() before step()")
         action = check_action(action, (3,))
         self._state, self._keys, out = _step_one(
-            self.model, self._state, self._keys, action, self._temperature, obs=self.obs_mode
+            self._core, self._state, self._keys, action, self._temperature, obs=self.obs_mode
         )
         if self.obs_mode == "pixels":
             obs, (reward, done) = np.array(out[0]), np.asarray(out[1])
