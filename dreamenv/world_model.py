@@ -141,7 +141,7 @@ def decode(model: WorldModel, z):
 @jax.jit
 def encode(model: WorldModel, frames):
     """Preprocessed real frames uint8 [B, 64, 64, 3] -> their latents z (the VAE's mean) [B, D]."""
-    mu, _ = model.vae.apply(model.vae_params, frames.astype(jnp.float32) / 255.0, method=VAE.encode)
+    mu, _ = model.vae.apply(model.vae_params, frames.astype(jnp.float32) / 255.0, direct=True, method=VAE.encode)
     return jnp.clip(mu, -LATENT_BOUND, LATENT_BOUND)
 
 

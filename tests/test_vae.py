@@ -114,3 +114,12 @@ def test_paper_vae_equals_flax_strided_layers():
     ref = {k: v for k, v in flat.items() if k != "encoder.logvar"}
     mine = jax.jit(lambda p, x: vae.apply(p, vae.apply(p, x, method=VAE.encode)[0], method=VAE.decode))
     close(mine({"params": params}, frames), jax.jit(FlaxPaperVAE(latent_dim=8).apply)({"params": ref}, frames))
+
+
+def test_direct_encoder_equals_the_training_one():
+    """encode(direct=True), the inference path (XLA's strided convs), computes the same latents."""
+    vae = VAE(latent_dim=8)
+    frames = RNG.uniform(size=(3, 64, 64, 3)).astype(np.float32)
+    params = init_vae(vae, KEY)
+    direct = jax.jit(lambda p, x: vae.apply(p, x, direct=True, method=VAE.encode))(params, frames)
+    close(direct, jax.jit(lambda p, x: vae.apply(p, x, method=VAE.encode))(params, frames))

@@ -27,9 +27,12 @@ from gymnasium.envs.box2d.car_racing import CarRacing
 from dreamenv import world_model as wm
 from dreamenv.envs.dream import action_space, check_action, load_model, observation_space
 from dreamenv.frames import preprocess
+from dreamenv.vae import CPU_OPTIONS
+
+OPTIONS = {**wm.SEQUENTIAL_CPU, **CPU_OPTIONS}  # one frame's encoder and memory step: one thread, no YNNPACK convs
 
 
-@partial(jax.jit, static_argnames="obs")
+@partial(jax.jit, static_argnames="obs", compiler_options=OPTIONS)
 def _observe_real(model, carry, z, action, frame, obs):
     """Encode the new real frame [64, 64, 3] uint8; for "zh" advance the carry on (z_t, a_t).
 
@@ -42,7 +45,7 @@ def _observe_real(model, carry, z, action, frame, obs):
     return carry, z_next, wm.observe(model, z_next, head["h"], obs)[0]
 
 
-@partial(jax.jit, static_argnames="obs")
+@partial(jax.jit, static_argnames="obs", compiler_options=OPTIONS)
 def _observe_first(model, frame, obs):
     """The first real frame: z_0 and a zero carry. -> (carry, z_0 [1, D], obs)"""
     z = wm.encode(model, frame[None])
