@@ -36,7 +36,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def make_encoder(vae: VAE, params, batch_size: int):
     """-> encode(obs uint8 [T, 64, 64, 3]) -> (mu, logvar) float32 [T, D], in fixed-size batches
     (the last one padded) so the jitted encoder compiles once."""
-    fn = jax.jit(lambda p, x: vae.apply(p, x, method=VAE.encode), compiler_options=jit_options())
+    fn = jax.jit(lambda p, x: vae.apply(p, x, direct=True, method=VAE.encode), compiler_options=jit_options())
     params = jax.device_put(params)
 
     def encode(obs: np.ndarray):
