@@ -9,6 +9,7 @@ import pytest
 
 from dreamenv.checkpoint import random_bundle, save_bundle
 from dreamenv.mdnrnn import MDNRNN, head_layout
+from dreamenv.shards import shard_name, write_shard
 from dreamenv.vae import VAE
 
 TINY = dict(vae=VAE(latent_dim=8), mdnrnn=MDNRNN(latent_dim=8, hidden_size=16, num_mixtures=3))
@@ -23,6 +24,23 @@ def tiny_bundle(seed=0, done_bias=None):
         params["params"]["cell"]["head"]["out"]["bias"][done] = done_bias
         bundle = dataclasses.replace(bundle, mdnrnn_params=params)
     return bundle
+
+
+def write_shards(folder, lengths=(12, 12, 12), seed=0, terminal=True):
+    """Random-frame shards; the first one ends terminated (when `terminal`)."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, n in enumerate(lengths):
+        episode = {
+            "obs": rng.integers(0, 256, (n, 64, 64, 3), dtype=np.uint8),
+            "action": rng.uniform([-1, 0, 0], [1, 1, 1], (n, 3)).astype(np.float32),
+            "reward": rng.normal(size=n).astype(np.float32),
+            "terminated": np.zeros(n, bool),
+            "truncated": np.zeros(n, bool),
+        }
+        episode["terminated" if terminal and i == 0 else "truncated"][-1] = True
+        write_shard(folder / shard_name(i), episode, {"episode": i})
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -10,29 +10,12 @@ import pytest
 from benchmarks.fidelity import run
 from benchmarks.fidelity_data import choose_starts
 from benchmarks.image_metrics import ssim
-from conftest import tiny_bundle
+from conftest import tiny_bundle, write_shards
 from dreamenv.mdnrnn import head_layout
-from dreamenv.shards import ShardError, shard_name, write_shard
+from dreamenv.shards import ShardError
 
-STEPS = 12
+STEPS = 12  # conftest.write_shards's default rollout length
 SIZE = dict(horizon=6, starts=3, samples=2)  # the smoke size: every run shares one compile
-
-
-def write_shards(folder, lengths=(STEPS, STEPS, STEPS), seed=0, terminal=True):
-    """Random-frame shards; the first one ends terminated (when `terminal`)."""
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, n in enumerate(lengths):
-        episode = {
-            "obs": rng.integers(0, 256, (n, 64, 64, 3), dtype=np.uint8),
-            "action": rng.uniform([-1, 0, 0], [1, 1, 1], (n, 3)).astype(np.float32),
-            "reward": rng.normal(size=n).astype(np.float32),
-            "terminated": np.zeros(n, bool),
-            "truncated": np.zeros(n, bool),
-        }
-        episode["terminated" if terminal and i == 0 else "truncated"][-1] = True
-        write_shard(folder / shard_name(i), episode, {"episode": i})
-    return folder
 
 
 def copying_bundle(constant_latents=False):

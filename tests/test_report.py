@@ -3,7 +3,7 @@
 import json
 
 from benchmarks import report
-from test_fidelity import write_shards
+from conftest import write_shards
 
 
 def test_smoke_report_has_every_section_and_says_there_is_no_agent(tmp_path, bundle_path, monkeypatch):

@@ -169,8 +169,10 @@ A dream from a held-out rollout's first frame under its real actions at τ = 1, 
 
 ## Known limits
 
-- Some dreams stay in the start's zoomed-out map view (a dark frame) long after the real game has
-  zoomed in: the strip above may show one; more often since the agents' own rollouts were added.
+- The dream's zoom-in at the start is off: the real game zooms in over its first 50 steps whatever
+  the actions; some dreams zoom in far sooner, and some stay in the zoomed-out map view (a dark
+  frame) for hundreds of steps (the strip above may show one). `python -m benchmarks.zoom`
+  measures both, per fixed control, against real rollouts.
 - Per-step reward is a tile-crossing spike the 64×64 frame barely shows, so the reward head
   predicts its expected rate; returns over many steps are much better predicted than single steps
   (see `python -m benchmarks.fidelity`).
