@@ -37,6 +37,16 @@ def test_windows_stay_inside_rollouts():
     np.testing.assert_allclose(share, np.array([36, 3, 21]) / 60, atol=0.07)
 
 
+def test_a_share_of_windows_begins_at_the_first_step():
+    data = padded([400, 300, 500])
+    uniform = sample_windows(jax.random.key(0), data["length"], 4000, seq_len=5)
+    rollout, start = sample_windows(jax.random.key(0), data["length"], 4000, seq_len=5, start_fraction=0.3)
+    np.testing.assert_array_equal(rollout, uniform[0])  # same rollouts; starts moved to 0 or kept
+    moved = np.asarray(start) != np.asarray(uniform[1])
+    assert np.all(np.asarray(start)[moved] == 0)
+    np.testing.assert_allclose(np.mean(np.asarray(start) == 0), 0.3, atol=0.03)
+
+
 def test_gather_marks_steps_past_the_end_invalid():
     data = padded([4, 30])
     window = gather_windows(jax.device_put(data), jnp.array([0, 1]), jnp.array([0, 10]), seq_len=6)

@@ -56,6 +56,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sigma-min", type=float, default=0.01)
     p.add_argument("--z-noise", type=float, default=1.0,
                    help="scale of the posterior noise in training latents (1: z ~ N(mu, σ²), the paper's; 0: means)")
+    p.add_argument("--start-fraction", type=float, default=0.0,
+                   help="share of training windows that begin at an episode's first step (where dreams begin)")
     p.add_argument("--residual", action=argparse.BooleanOptionalAction, default=False,
                    help="residual component means mu = z_t + Δ (see dreamenv/mdnrnn.py; default: absolute, the paper's)")
     p.add_argument("--reward-weight", type=float, default=1.0)
@@ -100,7 +102,7 @@ def done_pos_weight(data: LatentSet) -> float:
 def make_update(model: MDNRNN, opt, args, pos_weight: float):
     def update(params, opt_state, data, key):
         k_win, k_z = jax.random.split(key)
-        rollout, start = sample_windows(k_win, data["length"], args.batch_size, args.seq_len)
+        rollout, start = sample_windows(k_win, data["length"], args.batch_size, args.seq_len, args.start_fraction)
         window = gather_windows(data, rollout, start, args.seq_len)
         grad_fn = jax.value_and_grad(window_loss, argnums=1, has_aux=True)
         (_, terms), grads = grad_fn(model, params, window, k_z, pos_weight, args.reward_weight, args.done_weight,

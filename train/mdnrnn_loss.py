@@ -11,16 +11,21 @@ from dreamenv.mdnrnn import MDNRNN
 from dreamenv.mixture import mdn_log_prob, mdn_mean, mdn_nll
 
 
-def sample_windows(key, length, batch: int, seq_len: int):
+def sample_windows(key, length, batch: int, seq_len: int, start_fraction=0.0):
     """Random training windows. length [N] -> (rollout [B], start [B]).
 
     Rollout i is drawn with weight ∝ its number of windows; the window's start is uniform
-    in [0, length_i − seq_len] (0 for rollouts shorter than seq_len, masked later).
+    in [0, length_i − seq_len] (0 for rollouts shorter than seq_len, masked later). A share
+    `start_fraction` of windows begin at the episode's first step instead, where every dream begins
+    (uniform starts alone put 1 window in ~1000 there).
     """
     k_roll, k_start = jax.random.split(key)
     n_windows = jnp.maximum(length - seq_len + 1, 1)  # [N]
     rollout = jax.random.categorical(k_roll, jnp.log(n_windows.astype(jnp.float32)), shape=(batch,))
     start = jax.random.randint(k_start, (batch,), 0, n_windows[rollout])
+    if start_fraction > 0:  # a Python number; 0 keeps the uniform windows' draws as they were
+        first = jax.random.uniform(jax.random.fold_in(key, 1), (batch,)) < start_fraction
+        start = jnp.where(first, 0, start)
     return rollout, start
 
 
