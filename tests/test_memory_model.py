@@ -141,3 +141,23 @@ def test_finished_run_keeps_its_bundle_when_rerun(encoded, tmp_path):
     mtime = config.stat().st_mtime_ns
     assert json.dumps(mdnrnn.train(args)) == json.dumps(first)  # (NaN != NaN: compare as text)
     assert config.stat().st_mtime_ns == mtime
+
+
+def test_reward_probe_reports_the_head_and_each_probe(encoded, tmp_path):
+    """benchmarks.reward_probe on a tiny trained model: the head's held-out correlation matches the
+    model's own evaluation (which also counts each rollout's last step), and every probe reports one."""
+    from benchmarks import reward_probe
+
+    args = mdn_args(encoded, tmp_path / "mdn", 20)
+    metrics = mdnrnn.train(args)
+    bundle = tmp_path / "mdn" / "bundle"
+    result = reward_probe.main(["--model", str(bundle), "--latents", str(encoded / "latents"), "--vae",
+                                str(encoded / "vae"), "--train-rollouts", "2", "--mlp-steps", "20",
+                                "--out", str(tmp_path / "probe.json")])
+    assert json.loads((tmp_path / "probe.json").read_text()) == result
+    head, *probes = result["rows"]
+    assert head["probe"] == "the reward head"
+    assert head["held_out_corr"] == pytest.approx(metrics["heldout"]["reward_corr"], abs=0.05)
+    assert [(r["probe"], r["features"]) for r in probes] == [
+        (p, f) for f in reward_probe.FEATURES for p in ("ridge", "MLP 256-256")]
+    assert all(-1.0 <= r["held_out_corr"] <= 1.0 for r in probes)

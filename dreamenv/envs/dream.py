@@ -15,8 +15,7 @@ these envs.
 
 Speed: a step is one jitted call (compiled to run in the calling thread, `wm.SEQUENTIAL_CPU`; in
 zh/z mode it is passed no VAE params) and one host transfer. On CPU, JAX's asynchronous dispatch
-hands each call to a worker thread and back, which costs more than this ~0.08 ms step (measured:
-90 µs per gym.make step without it, 150 µs with it);
+hands each call to a worker thread and back, which costs about as much as this sub-0.1 ms step;
 programs that mostly step single envs run faster with
 `jax.config.update("jax_cpu_enable_async_dispatch", False)` before JAX starts (before importing
 dreamenv). dreamenv leaves that process-wide choice to you.
