@@ -28,8 +28,10 @@ from dreamenv.frames import FrameConfig
 from dreamenv.mdnrnn import MDNRNN
 from dreamenv.vae import VAE
 
-FORMAT_VERSION = 4  # 4: the MDN-RNN's LSTM and head are one matrix each (3: flax's LSTMCell, 5 head layers)
-READABLE_VERSIONS = (3, 4)  # 3 is converted on load (`fuse_v3_mdnrnn`); 2 had no `residual` field
+# 5: the MDN-RNN config may set `sample_flag`; 4: its LSTM and head are one matrix each (3: flax's
+# LSTMCell, 5 head layers). 4 reads as 5 without the flag; 3 is converted on load (`fuse_v3_mdnrnn`).
+FORMAT_VERSION = 5
+READABLE_VERSIONS = (3, 4, 5)  # 2 had no `residual` field
 CONFIG_FILE = "config.json"
 PARAMS_FILE = "params.msgpack"
 STORAGE_DTYPES = ("float32", "float16")

@@ -8,6 +8,12 @@ dreamed open-loop, their errors add up like a random walk. Measured on a model t
 rollouts, mean |z| grew from 0.5 to 6.8 in 150 dreamed steps at τ = 0 (real latents: 0.25), a
 third of the dims hit the ±10 clip, and the done head fired within ~200 steps whatever the action.
 
+With `sample_flag=True` the cell also reads s_t: 1 when z_t is a sample (the dream feeds back its
+own, and training draws z ~ N(mu, σ²)), 0 when z_t is an encoder mean (a real frame's). One model
+then serves both: trained on sampled inputs, the dream responds to actions as the real game does,
+but from clean means a sample-trained model predicts z_{t+1} worse than persistence (it treats an
+exact mean as noisy); with the flag it learns both regimes (see train/mdnrnn_loss.window_loss).
+
 `MDNRNN.step` is one application of the cell; `MDNRNN.__call__` unrolls *that same cell*
 (same submodule, same parameters) over time with `nn.scan`. The environments call `step`.
 """
@@ -102,7 +108,7 @@ def lstm_kernel_init(n_in: int, hidden: int):
 
 
 class MDNCell(nn.Module):
-    """One time step: (carry, [z_t, a_t]) -> (carry', (h_t, head outputs))."""
+    """One time step: (carry, [z_t, a_t(, s_t)]) -> (carry', (h_t, head outputs))."""
 
     latent_dim: int
     hidden_size: int
@@ -112,7 +118,7 @@ class MDNCell(nn.Module):
 
     @nn.compact
     def __call__(self, carry, x):
-        # x: [B, D + A]; carry: (c, h) each [B, H]
+        # x: [B, D + A (+ 1)]; carry: (c, h) each [B, H]
         carry, h = LSTMCell(self.hidden_size, name="lstm")(carry, x)
         z = x[..., : self.latent_dim]
         out = MDNHead(self.latent_dim, self.num_mixtures, self.sigma_min, self.residual, name="head")(h, z)
@@ -128,6 +134,7 @@ class MDNRNN(nn.Module):
     num_mixtures: int = 5
     sigma_min: float = 0.01
     residual: bool = False
+    sample_flag: bool = False  # the cell also reads s_t (1: z_t is a sample, 0: an encoder mean)
 
     def setup(self):
         self.cell = MDNCell(self.latent_dim, self.hidden_size, self.num_mixtures, self.sigma_min, self.residual)
@@ -137,12 +144,20 @@ class MDNRNN(nn.Module):
         zeros = jnp.zeros((batch, self.hidden_size), jnp.float32)
         return (zeros, zeros)
 
-    def step(self, carry: Carry, z, action):
-        """One step. z: [B, D], action: [B, A] -> (carry', outputs with leading [B])."""
-        return self.cell(carry, jnp.concatenate([z, action], axis=-1))
+    def inputs(self, z, action, sampled):
+        """The cell's input [..., D + A (+ 1)]; `sampled` (a scalar or [...]) is read only with sample_flag."""
+        if not self.sample_flag:
+            return jnp.concatenate([z, action], axis=-1)
+        flag = jnp.broadcast_to(jnp.asarray(sampled, z.dtype), z.shape[:-1])[..., None]
+        return jnp.concatenate([z, action, flag], axis=-1)
 
-    def __call__(self, carry: Carry, z, action):
-        """Unroll over time. z: [B, T, D], action: [B, T, A] -> (carry', outputs [B, T, ...])."""
+    def step(self, carry: Carry, z, action, sampled=0.0):
+        """One step. z: [B, D], action: [B, A], sampled: scalar or [B] -> (carry', outputs with leading [B])."""
+        return self.cell(carry, self.inputs(z, action, sampled))
+
+    def __call__(self, carry: Carry, z, action, sampled=0.0):
+        """Unroll over time. z: [B, T, D], action: [B, T, A], sampled: scalar, [B, 1] or [B, T]
+        -> (carry', outputs [B, T, ...])."""
         scan = nn.scan(
             lambda cell, c, x: cell(c, x),
             variable_broadcast="params",
@@ -150,4 +165,4 @@ class MDNRNN(nn.Module):
             in_axes=1,
             out_axes=1,
         )
-        return scan(self.cell, carry, jnp.concatenate([z, action], axis=-1))
+        return scan(self.cell, carry, self.inputs(z, action, sampled))

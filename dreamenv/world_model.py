@@ -9,7 +9,8 @@ evolution strategies, the benchmarks) calls these functions; none re-implements 
     returns, lengths = rollout(model, policy_fn, params, key, batch, steps)   # one lax.scan
     frames = decode(model, z); z = encode(model, frames)                        # uint8 <-> latents
 
-`memory_step` is the MDN-RNN cell that `step` runs; LatentCarRacing-v0 runs it on real latents.
+`memory_step` is the MDN-RNN cell that `step` runs (on its samples: `sampled=1`); LatentCarRacing-v0
+runs it on real latents.
 
 Definitions, shared by the dream and by LatentCarRacing-v0:
   z_t    the latent of frame t: sampled from the MDN-RNN in the dream, the VAE's mean on real
@@ -122,13 +123,14 @@ def _env_keys(key, batch: int):
     return key
 
 
-def memory_step(model: WorldModel, carry, z, action):
+def memory_step(model: WorldModel, carry, z, action, sampled=0.0):
     """The MDN-RNN cell on (z_t, a_t), actions clipped to the action space. -> (carry', head)
 
     carry: (c, h) [B, H]; z: [B, D]; action: [B, 3]; head: MDNRNN.step's outputs, head["h"] = h_{t+1}.
+    sampled: 1 if z is a sample (the dream's), 0 if an encoder mean; read by `sample_flag` models only.
     """
     action = jnp.clip(action, ACTION_LOW, ACTION_HIGH)
-    return model.mdnrnn.apply(model.mdnrnn_params, carry, z, action, method=MDNRNN.step)
+    return model.mdnrnn.apply(model.mdnrnn_params, carry, z, action, sampled, method=MDNRNN.step)
 
 
 @jax.jit
@@ -174,7 +176,7 @@ def reset(model: WorldModel, key, batch: int, obs: str = "zh"):
 def step(model: WorldModel, state: DreamState, action, key, temperature=1.0, obs: str = "zh"):
     """One dream step for every env. action: [B, 3] -> (state', obs [B, ...], reward [B], terminated [B])."""
     batch = state.z.shape[0]
-    carry, head = memory_step(model, state.carry, state.z, action)
+    carry, head = memory_step(model, state.carry, state.z, action, sampled=1.0)
     sample = partial(mdn_sample, temperature=jnp.asarray(temperature, jnp.float32))
     z = jax.vmap(sample)(_env_keys(key, batch), head["log_pi"], head["mu"], head["log_sigma"])
     z = jnp.clip(z, -LATENT_BOUND, LATENT_BOUND)  # [B, D]

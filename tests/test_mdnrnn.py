@@ -74,3 +74,20 @@ def test_step_traces_once():
     c = carry
     for t in range(z.shape[1]):
         c, _ = step(params, c, z[:, t], a[:, t])
+
+
+def test_sample_flag_is_an_input_only_when_enabled():
+    """Without `sample_flag` the flag is ignored; with it, it is one more input row, per env."""
+    plain, flagged = MDNRNN(hidden_size=16), MDNRNN(hidden_size=16, sample_flag=True)
+    params, carry, z, a = setup_model(plain)
+    base = plain.apply(params, carry, z, a)[1]["mu"]
+    np.testing.assert_array_equal(plain.apply(params, carry, z, a, 1.0)[1]["mu"], base)
+    fparams, *_ = setup_model(flagged)
+    assert fparams["params"]["cell"]["lstm"]["kernel"].shape == (32 + 3 + 1 + 16, 4 * 16)
+    mean_in, sample_in = (np.asarray(flagged.apply(fparams, carry, z, a, s)[1]["mu"]) for s in (0.0, 1.0))
+    assert float(jnp.abs(mean_in - sample_in).max()) > 1e-3
+    mixed = np.asarray(flagged.apply(fparams, carry, z, a, jnp.array([[0.0], [1.0], [0.0]]))[1]["mu"])
+    np.testing.assert_allclose(mixed[[0, 2]], mean_in[[0, 2]], atol=1e-6)
+    np.testing.assert_allclose(mixed[1], sample_in[1], atol=1e-6)
+    stepped = flagged.apply(fparams, carry, z[:, 0], a[:, 0], jnp.array([0.0, 1.0, 0.0]), method=MDNRNN.step)[1]
+    np.testing.assert_allclose(stepped["mu"], mixed[:, 0], atol=1e-5)

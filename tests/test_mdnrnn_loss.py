@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dreamenv.mdnrnn import MDNRNN, head_layout
-from train.mdnrnn_loss import auc, gather_windows, sample_windows, window_loss
+from train.mdnrnn_loss import auc, gather_windows, sample_windows, training_latents, window_loss
 
 
 def padded(lengths, d=4, extra=6):
@@ -102,3 +102,16 @@ def test_weighted_done_loss_keeps_the_head_calibrated():
     for weight in (1.0, 30.0):
         best = float(grid[jnp.argmin(bce(grid, weight))])
         np.testing.assert_allclose(best, np.log(rate / (1 - rate)), atol=0.05)
+
+
+def test_a_sample_flag_model_sees_half_the_windows_as_means():
+    data = padded([40] * 4)
+    data["logvar"][:] = 0.0  # σ = 1
+    window = gather_windows(jax.device_put(data), jnp.zeros(400, jnp.int32), jnp.zeros(400, jnp.int32), seq_len=5)
+    z, sampled = training_latents(MDNRNN(latent_dim=4, sample_flag=True), window, jax.random.key(0), 1.0)
+    exact = np.all(np.asarray(z) == np.asarray(window["mu"]), axis=(1, 2))  # [B]
+    np.testing.assert_array_equal(exact, np.asarray(sampled) == 0.0)
+    np.testing.assert_allclose(exact.mean(), 0.5, atol=0.08)
+    z, sampled = training_latents(MDNRNN(latent_dim=4), window, jax.random.key(0), 1.0)
+    assert np.all(np.asarray(sampled) == 1.0)
+    np.testing.assert_allclose(np.std(np.asarray(z - window["mu"])), 1.0, atol=0.05)

@@ -134,6 +134,23 @@ def test_init_fine_tunes_from_a_bundle_and_refuses_a_mismatch(encoded, tmp_path)
         mdnrnn.train(other)
 
 
+def test_init_without_the_sample_flag_gains_it_as_the_same_function(encoded, tmp_path):
+    mdnrnn.train(mdn_args(encoded, tmp_path / "base", steps=20))
+    tuned = mdn_args(encoded, tmp_path / "tuned", steps=1)
+    tuned.init, tuned.lr, tuned.lr_end, tuned.sample_flag = tmp_path / "base" / "bundle", 1e-9, 1e-9, True
+    mdnrnn.train(tuned)
+    base, flagged = (load_bundle(tmp_path / d / "bundle") for d in ("base", "tuned"))
+    assert flagged.mdnrnn.sample_flag and not base.mdnrnn.sample_flag
+    z = np.random.default_rng(1).normal(size=(2, 5, 8)).astype(np.float32)
+    a = np.random.default_rng(2).uniform(size=(2, 5, 3)).astype(np.float32)
+    want = base.mdnrnn.apply(base.mdnrnn_params, base.mdnrnn.initial_carry(2), z, a)[1]["mu"]
+    for flag in (0.0, 1.0):
+        got = flagged.mdnrnn.apply(flagged.mdnrnn_params, flagged.mdnrnn.initial_carry(2), z, a, flag)[1]["mu"]
+        np.testing.assert_allclose(got, want, atol=1e-4)
+    history = json.loads((tmp_path / "tuned" / "metrics.json").read_text())["history"]
+    assert "mse_ratio_to_persistence" in history[-1]["heldout_as_sampled"]
+
+
 def test_finished_run_keeps_its_bundle_when_rerun(encoded, tmp_path):
     args = mdn_args(encoded, tmp_path / "m", steps=10)
     first = mdnrnn.train(args)

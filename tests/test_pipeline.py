@@ -64,3 +64,21 @@ def test_pipeline_builds_a_loadable_bundle_and_reruns_as_a_no_op(tmp_path):
     strip = imageio.imread(card.parent / "card" / "dream.png")[..., :3] / 255.0
     dreamed = strip[strip.shape[0] // 2 + 4 : -4]  # the bottom row: decoded frames, not saturated ones
     assert np.mean((dreamed > 0.05) & (dreamed < 0.95)) > 0.3
+
+    # the sample-flag fine-tune of iteration 1, its agent, and shipping it
+    with pytest.raises(SystemExit, match="--final-from 2: expected an iteration in 0..--iterations"):
+        pipeline.main(["--quick", "--out", str(out), *TINY, "--iterations", "1", "--final-from", "2"])
+    assert pipeline.main(["--quick", "--out", str(out), *TINY, "--iterations", "1", "--iter-episodes", "1",
+                          "--iter-mdn-steps", "5", "--agent-timesteps", "1024", "--eval-episodes", "1",
+                          "--final-from", "1", "--final-mdn-steps", "5"]) == 0
+    record = json.loads((out / "pipeline.json").read_text())
+    assert {"final-mdnrnn", "final-agent"} <= set(record["stage_seconds"]) and record["final_from"] == 1
+    assert record["final"]["iteration"] == "final" and np.isfinite(record["final"]["real"]["mean"])
+    final = load_bundle(out / "final" / "bundle")
+    assert final.mdnrnn.sample_flag and final.metadata["iteration"] == "final"
+    assert final.metadata["mdnrnn_args"]["init"] == str(out / "iter1" / "bundle")
+    assert ship.main(["--run", str(out), "--iteration", "final", "--dest", str(dest), "--card", str(card),
+                      "--eval-frames", "16", "--strip-steps", "30"]) == 0
+    text = card.read_text()
+    assert "--iteration final" in text and "| mse_ratio_to_persistence (flag 1) |" in text
+    assert "fine-tuned on all\n  the data with the sample flag" in text and "| final | 4 |" in text

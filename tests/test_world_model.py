@@ -4,9 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import tiny_bundle
+from conftest import TINY, tiny_bundle
 
 from dreamenv import world_model as wm
+from dreamenv.checkpoint import random_bundle
 from dreamenv.mdnrnn import MDNRNN
 from dreamenv.mixture import mdn_sample
 
@@ -136,3 +137,13 @@ def test_step_never_retraces_for_another_model_state_or_temperature(model, trace
     for i, temperature in enumerate([1.0, 0.5, 0.0, 2.0]):
         state, *_ = wm.step([model, other][i % 2], state, actions(i), jax.random.key(i), temperature)
     assert not traces, traces
+
+
+def test_the_dream_tells_a_sample_flag_model_its_inputs_are_samples():
+    vae, mdn = TINY["vae"], TINY["mdnrnn"].clone(sample_flag=True)
+    flagged = wm.WorldModel.from_bundle(random_bundle(jax.random.key(0), vae=vae, mdnrnn=mdn, n_start=5))
+    state, _ = wm.reset(flagged, jax.random.key(0), B)
+    _, _, reward, _ = wm.step(flagged, state, actions(), jax.random.key(1))
+    heads = [wm.memory_step(flagged, state.carry, state.z, actions(), sampled=s)[1]["reward"] for s in (0.0, 1.0)]
+    np.testing.assert_allclose(reward, heads[1], atol=1e-6)
+    assert float(jnp.abs(heads[0] - heads[1]).max()) > 1e-4

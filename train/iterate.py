@@ -27,12 +27,12 @@ from pathlib import Path
 from train import collect, encode, mdnrnn
 
 
-def iteration_dir(out: Path, i: int) -> Path:
-    return out / f"iter{i}"
+def iteration_dir(out: Path, i: int | str) -> Path:
+    return out / ("final" if i == "final" else f"iter{i}")
 
 
-def bundle_of(out: Path, i: int) -> Path:
-    """The world model of iteration i (0: the base pipeline's)."""
+def bundle_of(out: Path, i: int | str) -> Path:
+    """The world model of iteration i (0: the base pipeline's; "final": the sample-flag fine-tune's)."""
     return out / "bundle" if i == 0 else iteration_dir(out, i) / "bundle"
 
 
@@ -53,12 +53,13 @@ def train_agent(argv: list[str]) -> int:
 train_agent.module = "train.agent"  # what the pipeline prints as the stage's command
 
 
-def agent_stage(out: Path, s: dict, i: int, seed: int) -> tuple:
+def agent_stage(out: Path, s: dict, i: int, seed: int, name: str | None = None) -> tuple:
+    """A fresh agent trained in iteration i's dream (i = "final": the final model's), scored on the real game."""
     argv = ["--model", str(bundle_of(out, i)), "--out", str(iteration_dir(out, i) / "agent"),
             "--timesteps", str(s["agent_timesteps"]), "--eval-every", str(s["agent_timesteps"]),
             "--final-episodes", str(s["eval_episodes"]), "--eval-episodes", "2", "--max-steps", str(s["max_steps"]),
             "--seed", str(seed)]
-    return f"iter{i}-agent", train_agent, argv
+    return name or f"iter{i}-agent", train_agent, argv
 
 
 def stages(out: Path, s: dict, iterations: int, seed: int, workers: list[str]) -> list[tuple]:
@@ -84,10 +85,26 @@ def stages(out: Path, s: dict, iterations: int, seed: int, workers: list[str]) -
     return result
 
 
-def records(out: Path, iterations: int) -> list[dict]:
-    """Per finished iteration: its agent's real and dream scores, its model's held-out metrics and data."""
+def final_stages(out: Path, s: dict, source: int, seed: int) -> list[tuple]:
+    """DIR/final: iteration `source`'s MDN-RNN fine-tuned on all the data with the sample flag
+    (train.mdnrnn --sample-flag: its dream as before, and 1-step predictions from real latents), and
+    a fresh agent trained in its dream and scored on the real game."""
+    steps = s["final_mdn_steps"]
+    return [
+        ("final-mdnrnn", mdnrnn.main,
+         ["--latents", str(out / "latents"), "--vae", str(out / "vae"), "--out", str(out / "final" / "mdnrnn"),
+          "--bundle", str(bundle_of(out, "final")), "--init", str(bundle_of(out, source)), "--sample-flag",
+          "--steps", str(steps), "--seq-len", str(s["seq_len"]), "--lr", str(s["iter_lr"]),
+          "--lr-end", f"{s['iter_lr'] / 10:g}", "--eval-every", str(max(steps // 4, 1)), "--seed", str(seed + 1)]),
+        agent_stage(out, s, "final", seed, name="final-agent"),
+    ]
+
+
+def records(out: Path, iterations: int, which: list | None = None) -> list[dict]:
+    """Per finished iteration (0..iterations, or those in `which`): its agent's real and dream
+    scores, its model's held-out metrics and data."""
     rows = []
-    for i in range(iterations + 1):
+    for i in range(iterations + 1) if which is None else which:
         results = iteration_dir(out, i) / "agent" / "results.json"
         if not results.is_file():
             break

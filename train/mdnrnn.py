@@ -60,6 +60,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="share of training windows that begin at an episode's first step (where dreams begin)")
     p.add_argument("--residual", action=argparse.BooleanOptionalAction, default=False,
                    help="residual component means mu = z_t + Δ (see dreamenv/mdnrnn.py; default: absolute, the paper's)")
+    p.add_argument("--sample-flag", action=argparse.BooleanOptionalAction, default=False,
+                   help="tell the model whether z_t is a sample or an encoder mean; half the windows are each "
+                        "(see dreamenv/mdnrnn.py). An --init model without the flag gains it with zero weight")
     p.add_argument("--reward-weight", type=float, default=1.0)
     p.add_argument("--done-weight", type=float, default=1.0)
     p.add_argument("--eval-every", type=int, default=2000)
@@ -82,15 +85,22 @@ def load_split(latents: Path, vae_run: Path, fingerprint: str) -> tuple[LatentSe
 
 
 def init_from(path: Path, model: MDNRNN, fingerprint: str):
-    """The MDN-RNN params of bundle `path`, checked to fit `model` and the current VAE."""
+    """The MDN-RNN params of bundle `path`, checked to fit `model` and the current VAE (a model
+    without the sample flag gains it: a zero row in the LSTM kernel, the same function at any flag)."""
     bundle = load_bundle(path)
-    if module_config(bundle.mdnrnn) != module_config(model):
+    gains_flag = model.sample_flag and not bundle.mdnrnn.sample_flag
+    if {**module_config(bundle.mdnrnn), "sample_flag": model.sample_flag} != module_config(model):
         raise SystemExit(f"--init {path}: its MDN-RNN is {module_config(bundle.mdnrnn)}, this run builds "
                          f"{module_config(model)}; pass matching --hidden-size/--mixtures/--residual")
     if bundle.metadata.get("vae_fingerprint") != fingerprint:
         raise SystemExit(f"--init {path}: its MDN-RNN was trained on another VAE's latents than --vae's; "
                          f"fine-tune only on latents of the VAE it was trained with")
-    return jax.tree_util.tree_map(jnp.asarray, bundle.mdnrnn_params)
+    params = jax.tree_util.tree_map(jnp.asarray, bundle.mdnrnn_params)
+    if gains_flag:
+        lstm = params["params"]["cell"]["lstm"]
+        row = model.latent_dim + model.action_dim  # the kernel's rows: [z, a, (flag), h]
+        lstm["kernel"] = jnp.insert(lstm["kernel"], row, 0.0, axis=0)
+    return params
 
 
 def done_pos_weight(data: LatentSet) -> float:
@@ -136,7 +146,7 @@ def train(args) -> dict:
     train_set, held = load_split(args.latents, args.vae, fingerprint)
     model = MDNRNN(latent_dim=train_set.mu.shape[-1], action_dim=train_set.action.shape[-1],
                    hidden_size=args.hidden_size, num_mixtures=args.mixtures, sigma_min=args.sigma_min,
-                   residual=args.residual)
+                   residual=args.residual, sample_flag=args.sample_flag)
     schedule = optax.cosine_decay_schedule(args.lr, args.steps, alpha=args.lr_end / args.lr)
     opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(schedule))
     key = jax.random.key(args.seed)
@@ -145,17 +155,16 @@ def train(args) -> dict:
     params = model.init(k_init, model.initial_carry(1), z0, jnp.zeros((1, 1, model.action_dim)))
     if args.init is not None:
         params = init_from(args.init, model, fingerprint)
+    metrics_path, bundle_path = args.out / "metrics.json", args.bundle or args.out / "bundle"
+    history = json.loads(metrics_path.read_text())["history"] if metrics_path.exists() else []
+    if history and history[-1]["step"] >= args.steps and (bundle_path / "config.json").is_file():
+        # checked before the checkpoint is read: a finished run's checkpoint may predate this format
+        print(f"train/mdnrnn.py: {args.out} finished {args.steps} steps and wrote {bundle_path}; nothing to do")
+        return history[-1]  # the bundle stays as written: rollouts added since then are not its data
     state = {"params": params, "opt_state": opt.init(params), "step": 0, "key": jax.random.key_data(key)}
     ckpt = TrainCheckpoint(args.out / "checkpoint")
     state = ckpt.restore(state) or state
-    metrics_path = args.out / "metrics.json"
-    history = json.loads(metrics_path.read_text())["history"] if metrics_path.exists() and state["step"] else []
     history = [h for h in history if h["step"] <= state["step"]]
-
-    bundle_path = args.bundle or args.out / "bundle"
-    if state["step"] >= args.steps and history and (bundle_path / "config.json").is_file():
-        print(f"train/mdnrnn.py: {args.out} finished {state['step']} steps and wrote {bundle_path}; nothing to do")
-        return history[-1]  # the bundle stays as written: rollouts added since then are not its data
     update = make_update(model, opt, args, done_pos_weight(train_set))
     data = device_data(train_set, args.seq_len)
     params, opt_state = state["params"], state["opt_state"]
@@ -184,8 +193,10 @@ def train(args) -> dict:
             ckpt.save({"params": params, "opt_state": opt_state, "step": step,
                        "key": jax.random.key_data(key)})
         if run_eval:
-            record = {"step": step, "train": terms, "heldout": evaluate(model, params, held),
-                      "seconds": time.time() - t0}
+            record = {"step": step, "train": terms, "heldout": evaluate(model, params, held)}
+            if model.sample_flag:  # the same means, taken as samples: how the dream's mode predicts
+                record["heldout_as_sampled"] = evaluate(model, params, held, sampled=1.0)
+            record["seconds"] = time.time() - t0
             history.append(record)
             atomic_write_bytes(metrics_path, json.dumps({"history": history}, indent=1).encode())
             tqdm.write(json.dumps(record["heldout"]))

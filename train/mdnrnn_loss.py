@@ -44,6 +44,18 @@ def gather_windows(data: dict, rollout, start, seq_len: int) -> dict:
     return jax.vmap(one)(rollout, start)
 
 
+def training_latents(model: MDNRNN, window: dict, key, z_noise):
+    """The windows' latents z [B, L+1, D] and sample flags [B]: z = mu + z_noise·σ·ε, except in the
+    half of the windows (drawn afresh) a `sample_flag` model sees as encoder means (flag 0, z = mu)."""
+    eps = jax.random.normal(key, window["mu"].shape)
+    batch = eps.shape[0]
+    sampled = jnp.ones(batch)
+    if model.sample_flag:
+        sampled = jax.random.bernoulli(jax.random.fold_in(key, 1), 0.5, (batch,)).astype(jnp.float32)
+    z = window["mu"] + z_noise * sampled[:, None, None] * jnp.exp(0.5 * window["logvar"]) * eps
+    return z, sampled
+
+
 def window_loss(model: MDNRNN, params, window: dict, key, done_pos_weight, reward_weight, done_weight,
                 z_noise=0.0):
     """Loss on windows: mixture NLL of z_{t+1} (per latent dim), squared-error reward, weighted BCE done.
@@ -58,12 +70,12 @@ def window_loss(model: MDNRNN, params, window: dict, key, done_pos_weight, rewar
 
     window: mu, logvar [B, L+1, D]; action [B, L+1, A]; reward, done, valid [B, L+1].
     z = mu + z_noise·σ·ε is sampled afresh for inputs and targets alike (z_noise = 1: z ~ N(mu, σ²)
-    as in the paper; 0: the encoder means).
+    as in the paper; 0: the encoder means); a `sample_flag` model sees half the windows as means
+    and is told which (`training_latents`).
     """
-    eps = jax.random.normal(key, window["mu"].shape)
-    z = window["mu"] + z_noise * jnp.exp(0.5 * window["logvar"]) * eps
+    z, sampled = training_latents(model, window, key, z_noise)
     batch = z.shape[0]
-    _, out = model.apply(params, model.initial_carry(batch), z[:, :-1], window["action"][:, :-1])
+    _, out = model.apply(params, model.initial_carry(batch), z[:, :-1], window["action"][:, :-1], sampled[:, None])
     step_valid = window["valid"][:, :-1]  # [B, L]: the transition from step t exists
     next_valid = window["valid"][:, 1:] & step_valid  # z_{t+1} was observed
     nll = mdn_nll(out["log_pi"], out["mu"], out["log_sigma"], z[:, 1:], mask=next_valid)
@@ -78,9 +90,10 @@ def window_loss(model: MDNRNN, params, window: dict, key, done_pos_weight, rewar
     return total, dict(loss=total, nll_per_dim=nll, reward_mse=reward, done_bce=bce)
 
 
-def unroll_rollouts(model: MDNRNN, params, mu, action):
-    """Teacher-forced unroll from a zero carry on mean latents. mu [N, T, D], action [N, T, A]."""
-    _, out = model.apply(params, model.initial_carry(mu.shape[0]), mu, action)
+def unroll_rollouts(model: MDNRNN, params, mu, action, sampled=0.0):
+    """Teacher-forced unroll from a zero carry on mean latents. mu [N, T, D], action [N, T, A].
+    sampled: the sample flag to give a `sample_flag` model (0: the truth, these are means)."""
+    _, out = model.apply(params, model.initial_carry(mu.shape[0]), mu, action, sampled)
     return out
 
 
@@ -104,12 +117,13 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def evaluate(model: MDNRNN, params, data, chunk: int = 16) -> dict:
+def evaluate(model: MDNRNN, params, data, chunk: int = 16, sampled: float = 0.0) -> dict:
     """Held-out metrics on whole rollouts (LatentSet), unrolled from a zero carry like the env.
 
-    Targets are the encoder means mu_{t+1}; persistence predicts mu_t.
+    Inputs and targets are the encoder means (a `sample_flag` model is told so unless `sampled`
+    says otherwise); persistence predicts mu_{t+1} = mu_t.
     """
-    run = jax.jit(lambda p, mu, a: unroll_rollouts(model, p, mu, a))
+    run = jax.jit(lambda p, mu, a: unroll_rollouts(model, p, mu, a, sampled))
     sums = dict(nll=0.0, mse=0.0, persist=0.0, n_next=0)
     rewards, reward_pred, dones, done_logit, usage = [], [], [], [], []
     for lo in range(0, len(data.length), chunk):

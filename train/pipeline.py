@@ -16,6 +16,9 @@ trained in the new dream and scored on the real game, K times; pipeline.json's "
 each one's real and dream scores. `--policy` picks the base data's policy: the default `mix` with
 the perturbed track-follower is the practical regime (privileged data); `--policy random
 --perturbed-episodes 0` is the non-privileged one (random policies, then the agent's own data).
+`--final-from I` then fine-tunes iteration I's MDN-RNN on all the data with the sample flag into
+DIR/final/bundle and scores an agent trained in its dream (train/iterate.py `final_stages`): the
+shipped model is `--iterations 2 --final-from 1`.
 
 Every stage skips what is already done (finished shards, encoded rollouts) or resumes from its
 checkpoint, so rerunning the same command after an interruption carries on where it stopped.
@@ -40,10 +43,11 @@ from train import collect, encode, iterate, mdnrnn, vae
 
 PRESETS = {
     "quick": dict(episodes=4, perturbed_episodes=2, max_steps=200, vae_steps=300, vae_batch=32, mdn_steps=300,
-                  seq_len=16, iter_episodes=2, iter_mdn_steps=100, agent_timesteps=8192, eval_episodes=2),
+                  seq_len=16, iter_episodes=2, iter_mdn_steps=100, agent_timesteps=8192, eval_episodes=2,
+                  final_mdn_steps=100),
     "full": dict(episodes=240, perturbed_episodes=120, max_steps=1000, vae_steps=6000, vae_batch=64,
                  mdn_steps=20_000, seq_len=32, iter_episodes=100, iter_mdn_steps=4000, agent_timesteps=262_144,
-                 eval_episodes=100),
+                 eval_episodes=100, final_mdn_steps=16_000),
 }
 ITER_LR = 3e-4  # fine-tuning starts from a trained model: lower than training's 1e-3
 
@@ -57,6 +61,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=None, help="collection workers (default: all cores)")
     p.add_argument("--policy", default="mix", help="the base data's policy (train/policies.py)")
     p.add_argument("--iterations", type=int, default=0, help="iterative-training rounds after the base model")
+    p.add_argument("--final-from", type=int, default=None,
+                   help="fine-tune this iteration's MDN-RNN with the sample flag into DIR/final (0..--iterations)")
     for name in PRESETS["full"]:
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=None, help="override the preset")
     return p.parse_args(argv)
@@ -96,6 +102,7 @@ def stages(args, s: dict) -> list[tuple[str, callable, list[str]]]:
                                  "--steps", str(s["mdn_steps"]), "--seq-len", str(s["seq_len"]),
                                  "--eval-every", str(max(s["mdn_steps"] // 4, 1)), "--seed", str(args.seed)]),
         *(iterate.stages(out, s, args.iterations, args.seed, workers) if args.iterations else []),
+        *(iterate.final_stages(out, s, args.final_from, args.seed) if args.final_from is not None else []),
     ]
 
 
@@ -107,6 +114,8 @@ def data_size(rollouts: Path) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.final_from is not None and not 0 <= args.final_from <= args.iterations:
+        raise SystemExit(f"--final-from {args.final_from}: expected an iteration in 0..--iterations ({args.iterations})")
     s = settings(args)
     path = args.out / "pipeline.json"
     spent = json.loads(path.read_text())["stage_seconds"] if path.is_file() else {}
@@ -127,7 +136,13 @@ def main(argv=None) -> int:
         record["iterations"] = iterate.records(args.out, args.iterations)
         print(iterate.table(record["iterations"]))
     atomic_write_bytes(path, json.dumps(record, indent=1).encode())
-    for i in range(len(record.get("iterations", [])) or 1):  # every model built records how
+    built = list(range(len(record.get("iterations", [])) or 1))
+    if args.final_from is not None:
+        record["final"] = (iterate.records(args.out, 0, ["final"]) or [None])[0]
+        record["final_from"] = args.final_from
+        built.append("final")
+    atomic_write_bytes(path, json.dumps(record, indent=1).encode())
+    for i in built:  # every model built records how
         folder = iterate.bundle_of(args.out, i)
         bundle = load_bundle(folder)
         save_bundle(folder, dataclasses.replace(bundle, metadata={**bundle.metadata, "pipeline": record, "iteration": i}))

@@ -1,4 +1,4 @@
-"""Ship a pipeline run's bundle as the package default: `python -m train.ship --run runs/ship [--iteration I]`.
+"""Ship a pipeline run's bundle as the package default: `python -m train.ship --run runs/ship [--iteration I|final]`.
 
 Evaluates the run's bundle stored as float32 and as float16 on the same held-out rollouts (VAE
 reconstruction MSE per pixel; the MDN-RNN's held-out metrics), keeps float16 when no metric moves
@@ -35,6 +35,20 @@ from train.split import split_rollouts
 from train.vae import heldout_frames, make_evaluate, recon_png
 
 ASSETS = Path(__file__).resolve().parents[1] / "dreamenv" / "assets"
+FLAG_NOTE = (", with the sample flag: half the windows sampled z ~ N(mu, σ²) (flag 1), half the "
+             "encoder means (flag 0)")
+FLAG_METRICS = """The MDN-RNN reads these real latents as what they are, encoder means (sample flag 0); rows marked
+"(flag 1)" feed the same latents with the dream's flag, as LatentCarRacing-v0's memory runs.
+"""
+NOISE_LIMIT = """- Trained on sampled latents z ~ N(mu, σ²) (the paper's regulariser, needed for stable
+  open-loop dreams), its 1-step mixture mean from clean latents is worse than persistence.
+"""
+FLAG_LIMIT = """- The memory has two modes (`MDNRNN.sample_flag`): the dream runs it on its own samples (flag 1,
+  trained on z ~ N(mu, σ²), the paper's regulariser that keeps open-loop dreams stable); 1-step
+  predictions from real encoder means use flag 0 (the default of `MDNRNN.__call__`/`step` and
+  `world_model.memory_step`). With flag 1 on clean latents the mixture mean is worse than
+  persistence (the rows marked "(flag 1)").
+"""
 COMPARED = ("vae_mse_per_pixel", "nll_per_step", "mse_ratio_to_persistence", "reward_corr")
 
 
@@ -42,8 +56,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m train.ship", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", type=Path, required=True, help="pipeline output folder (train.pipeline --out)")
-    p.add_argument("--iteration", type=int, default=0,
-                   help="which model of an iterative run (train.pipeline --iterations): 0 = the base one")
+    p.add_argument("--iteration", type=iteration_arg, default=0,
+                   help="which model of an iterative run (train.pipeline --iterations): 0 = the base one, "
+                        "final = the sample-flag fine-tune (train.pipeline --final-from)")
     p.add_argument("--dest", type=Path, default=ASSETS / "default")
     p.add_argument("--card", type=Path, default=ASSETS / "MODEL_CARD.md")
     p.add_argument("--tolerance", type=float, default=0.01, help="relative metric change float16 may make")
@@ -51,6 +66,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--strip-steps", type=int, default=300, help="dreamed steps in the strip")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
+
+
+def iteration_arg(text: str) -> int | str:
+    """--iteration's value: an iteration number, or "final"."""
+    if text == "final":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an iteration number or 'final', got {text!r}") from None
 
 
 def heldout(run: Path) -> list[Path]:
@@ -64,7 +89,11 @@ def metrics(bundle: Bundle, run: Path, frames: np.ndarray) -> dict:
     model = wm.WorldModel.from_bundle(bundle)
     mse, _ = make_evaluate(bundle.vae)(model.vae_params, frames)
     _, held = load_split(run / "latents", run / "vae", bundle.metadata["vae_fingerprint"])
-    return {"vae_mse_per_pixel": mse, **evaluate(bundle.mdnrnn, model.mdnrnn_params, held)}
+    result = {"vae_mse_per_pixel": mse, **evaluate(bundle.mdnrnn, model.mdnrnn_params, held)}
+    if bundle.mdnrnn.sample_flag:  # the dream's mode (flag 1), also how LatentCarRacing-v0's memory runs
+        dream_mode = evaluate(bundle.mdnrnn, model.mdnrnn_params, held, sampled=1.0)
+        result.update({f"{k} (flag 1)": dream_mode[k] for k in ("mse_ratio_to_persistence", "reward_corr", "done_auc")})
+    return result
 
 
 def dream_strip(bundle: Bundle, shard: Path, steps: int, seed: int, every: int = 25) -> bytes:
@@ -99,11 +128,15 @@ def card(run: Path, bundle: Bundle, table: dict, dtype: str, size_mb: float) -> 
         choice = "agent" if s["policy"].endswith(AGENT_SUFFIXES) else s["params"].get("choice", s["policy"])
         choices[choice] = choices.get(choice, 0) + 1
     iteration = meta.get("iteration", 0)
-    rounds = [r for r in pipeline.get("iterations", []) if r["iteration"] <= iteration]
+    final = iteration == "final"
+    base = pipeline.get("final_from") if final else iteration
+    rounds = [r for r in pipeline.get("iterations", []) if r["iteration"] <= base]
+    rounds += [pipeline["final"]] if final and pipeline.get("final") else []
     history = "\n".join(f"| {r['iteration']} | {r['rollouts']} | {r['dream']['mean']:.0f} | {r['real']['mean']:.0f} ± "
                         f"{r['real']['std']:.0f} ({r['real']['episodes']}) |" for r in rounds)
-    iterations = f"""- Iterative training (the paper's procedure, `train.pipeline --iterations`): this is the model of
-  iteration {iteration}. Each iteration, the previous model's dream-trained PPO agent drove
+    which = (f"this is iteration {base}'s MDN-RNN fine-tuned on all\n  the data with the sample flag "
+             f"(`--final-from {base}`, row \"final\")" if final else f"this is the model of\n  iteration {iteration}")
+    iterations = f"""- Iterative training (the paper's procedure, `train.pipeline --iterations`): {which}. Each iteration, the previous model's dream-trained PPO agent drove
   {pipeline.get("settings", {}).get("iter_episodes")} new real rollouts (with perturbed segments as
   exploration) and the MDN-RNN was fine-tuned on all the data; then a fresh agent trained in the new
   dream was scored on the real game:
@@ -140,7 +173,7 @@ existed when it trained).
 - VAE (paper layout, latent 32, KL free bits 0.5/dim): {vae_hist[-1]["step"]} Adam steps of 64
   frames; held-out MSE/pixel by step: {", ".join(f'{h["step"]}: {h["heldout_mse_per_pixel"]:.5f}' for h in vae_hist)}.
 - MDN-RNN (LSTM 256, 5 components, {"residual" if bundle.mdnrnn.residual else "absolute"} means): {mdn_args.get("steps")} steps{" (this iteration's fine-tuning)" if iteration else ""}, batch
-  {mdn_args.get("batch_size")}, windows of {mdn_args.get("seq_len")}, z noise {mdn_args.get("z_noise")}.
+  {mdn_args.get("batch_size")}, windows of {mdn_args.get("seq_len")}, z noise {mdn_args.get("z_noise")}{FLAG_NOTE if bundle.mdnrnn.sample_flag else ""}.
 {iterations}- Pipeline settings: `{json.dumps(pipeline.get("settings", {}))}`; wall seconds per stage (summed
   over invocations, resumes included): `{json.dumps(pipeline.get("stage_seconds", {}))}`.
 
@@ -151,7 +184,7 @@ this model was built, by later iterations, are held out from it too).
 
 Targets: VAE MSE/pixel ≤ 0.0015; 1-step mixture-mean MSE ≤ 0.5 × persistence; reward
 correlation ≥ 0.5; done AUC ≥ 0.9 (NaN: no terminal step among the held-out rollouts).
-
+{FLAG_METRICS if bundle.mdnrnn.sample_flag else ""}
 | metric | float32 | float16 |
 |---|---|---|
 {rows}
@@ -185,17 +218,15 @@ A dream from a held-out rollout's first frame under its real actions at τ = 1, 
   show the model what each control does (`python -m benchmarks.controls` compares fixed-action
   returns in the dream and on the real game). An agent trained long in the dream learns its flaws:
   its dream return climbs while its real score falls.
-- Trained on sampled latents z ~ N(mu, σ²) (the paper's regulariser, needed for stable
-  open-loop dreams), its 1-step mixture mean from clean latents is worse than persistence.
-"""
+{FLAG_LIMIT if bundle.mdnrnn.sample_flag else NOISE_LIMIT}"""
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     source = bundle_of(args.run, args.iteration)
     if not (source / "config.json").is_file():
-        raise SystemExit(f"train/ship.py: no bundle at {source}; run train.pipeline --out {args.run} "
-                         f"--iterations {max(args.iteration, 1)} first")
+        how = "--final-from I" if args.iteration == "final" else f"--iterations {max(args.iteration, 1)}"
+        raise SystemExit(f"train/ship.py: no bundle at {source}; run train.pipeline --out {args.run} {how} first")
     bundle = load_bundle(source)
     if vae_fingerprint(bundle.vae, bundle.vae_params) != bundle.metadata.get("vae_fingerprint"):
         raise SystemExit(f"train/ship.py: {source}'s VAE is not the one its latents came from")

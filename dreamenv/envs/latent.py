@@ -4,7 +4,7 @@
 
 Each real frame goes through `dreamenv.frames.preprocess` and the VAE encoder (its mean); for
 "zh" the MDN-RNN carry advances on (z_t, a_t) with the action actually taken, exactly as in the
-dream (`world_model.memory_step`), so h means the same in both and the observation spaces are
+dream (`world_model.memory_step`, with the dream's sample flag), so h means the same in both and the observation spaces are
 DreamCarRacing-v0's: an agent trained in one runs unchanged in the other. "pixels" is the
 preprocessed real frame. Reward, terminated and truncated are the real env's; CarRacing-v3's
 kwargs (domain_randomize, lap_complete_percent, ...) pass through. Actions are checked and
@@ -41,7 +41,7 @@ def _observe_real(model, carry, z, action, frame, obs):
     z_next = wm.encode(model, frame[None])
     if obs == "z":
         return carry, z_next, z_next[0]
-    carry, head = wm.memory_step(model, carry, z, action[None])
+    carry, head = wm.memory_step(model, carry, z, action[None], sampled=1.0)  # as the dream runs it
     return carry, z_next, wm.observe(model, z_next, head["h"], obs)[0]
 
 
