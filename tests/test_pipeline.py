@@ -4,11 +4,12 @@ then `python -m train.ship` (float16 check, model card) on its output."""
 import json
 
 import imageio.v3 as imageio
+import jax
 import numpy as np
 import pytest
 
 from dreamenv.checkpoint import load_bundle
-from train import pipeline, ship
+from train import adopt, pipeline, ship
 
 TINY = ["--episodes", "2", "--perturbed-episodes", "1", "--max-steps", "60", "--vae-steps", "6", "--vae-batch", "8",
         "--mdn-steps", "20", "--seq-len", "8", "--workers", "2"]
@@ -82,3 +83,34 @@ def test_pipeline_builds_a_loadable_bundle_and_reruns_as_a_no_op(tmp_path):
     text = card.read_text()
     assert "--iteration final" in text and "| mse_ratio_to_persistence (flag 1) |" in text
     assert "fine-tuned on all\n  the data with the sample flag" in text and "| final | 4 |" in text
+
+    # a run that starts from a trained model and its agent (--base, --base-agent: train/adopt.py)
+    source, driver = out / "iter1" / "bundle", out / "iter1" / "agent" / "agent.zip"
+    again = tmp_path / "again"
+    args = ["--quick", "--out", str(again), *TINY, "--iter-episodes", "1", "--agent-timesteps", "1024",
+            "--eval-episodes", "1", "--final-mdn-steps", "5"]
+    with pytest.raises(SystemExit, match="pass --base BUNDLE too"):
+        pipeline.main([*args, "--base-agent", str(driver)])
+    with pytest.raises(SystemExit, match="use it with --iterations 0"):
+        pipeline.main([*args, "--base", str(source), "--base-agent", str(driver), "--iterations", "1"])
+    assert pipeline.main([*args, "--base", str(source), "--base-agent", str(driver), "--final-from", "0"]) == 0
+    record = json.loads((again / "pipeline.json").read_text())
+    assert set(record["stage_seconds"]) == {"collect", "collect-perturbed", "base", "base-collect", "encode",
+                                            "final-mdnrnn", "final-agent"}
+    last = json.loads((again / "rollouts" / "manifest.json").read_text())["shards"][-1]
+    assert (last["episode"], last["policy"], last["model"]) == (3, str(driver), str(source))
+    base = load_bundle(again / "bundle")
+    assert base.metadata["base"]["bundle"] == str(source) and base.metadata["base"]["metadata"]["iteration"] == 1
+    final = load_bundle(again / "final" / "bundle")
+    assert final.mdnrnn.sample_flag and final.metadata["mdnrnn_args"]["init"] == str(again / "bundle")
+    assert final.metadata["train_rollouts"] + final.metadata["heldout_rollouts"] == 4
+    for got, want in zip(jax.tree_util.tree_leaves(final.vae_params), jax.tree_util.tree_leaves(load_bundle(source).vae_params)):
+        np.testing.assert_array_equal(got, want)  # the base's VAE, not retrained
+    stamp = (again / "bundle" / "params.msgpack").stat().st_mtime_ns
+    assert adopt.main(["--bundle", str(source), "--run", str(again)]) == 0  # already adopted: nothing to do
+    assert (again / "bundle" / "params.msgpack").stat().st_mtime_ns == stamp
+    assert ship.main(["--run", str(again), "--iteration", "final", "--dest", str(dest), "--card", str(card),
+                      "--eval-frames", "16", "--strip-steps", "30"]) == 0
+    text = card.read_text()
+    assert f"Base model: `{source}`" in text and "the base model's (`--base`) MDN-RNN fine-tuned" in text
+    assert "| final | 4 |" in text and "--base-agent" in text and record["base_agent"] == str(driver)

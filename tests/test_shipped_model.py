@@ -66,8 +66,10 @@ def test_metadata_matches_the_arrays(bundle):
     assert config["mdnrnn"]["hidden_size"] == bundle.mdnrnn.hidden_size
     pipeline = meta["pipeline"]
     assert pipeline["command"].startswith("python -m train.pipeline")
-    assert set(pipeline["stage_seconds"]) >= {"collect", "collect-perturbed", "vae", "encode", "mdnrnn"}
-    rounds = {r["iteration"]: r for r in pipeline.get("iterations", [])}
+    trained = {"base"} if pipeline.get("base") else {"vae", "mdnrnn"}  # train.pipeline --base: adopted, not trained
+    assert set(pipeline["stage_seconds"]) >= {"collect", "collect-perturbed", "encode", *trained}
+    final = [pipeline["final"]] if pipeline.get("final") else []  # train.pipeline --final-from
+    rounds = {r["iteration"]: r for r in [*pipeline.get("iterations", []), *final]}
     built_on = rounds[meta["iteration"]]["rollouts"] if rounds else pipeline["data"]["rollouts"]
     assert meta["train_rollouts"] + meta["heldout_rollouts"] == built_on
     for key in ("nll_per_step", "mse_ratio_to_persistence", "reward_corr", "done_auc"):

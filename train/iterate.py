@@ -62,16 +62,22 @@ def agent_stage(out: Path, s: dict, i: int, seed: int, name: str | None = None) 
     return name or f"iter{i}-agent", train_agent, argv
 
 
+def collect_stage(out: Path, s: dict, name: str, agent: Path, model: Path, i: int, seed: int,
+                  workers: list[str]) -> tuple:
+    """--iter-episodes real rollouts driven by `agent` through world model `model`, numbered as
+    iteration i's (train.collect --policy AGENT --model BUNDLE)."""
+    return name, collect.main, ["--policy", str(agent), "--model", str(model), "--episodes", str(s["iter_episodes"]),
+                                "--first-episode", str(first_episode(s, i)), "--max-steps", str(s["max_steps"]),
+                                "--seed", str(seed), "--out", str(out / "rollouts"), *workers]
+
+
 def stages(out: Path, s: dict, iterations: int, seed: int, workers: list[str]) -> list[tuple]:
     """(name, main, argv) of every iteration stage, in order."""
     result = [agent_stage(out, s, 0, seed)]
     for i in range(1, iterations + 1):
         here = iteration_dir(out, i)
         result += [
-            (f"iter{i}-collect", collect.main,
-             ["--policy", str(agent_file(out, i - 1)), "--model", str(bundle_of(out, i - 1)),
-              "--episodes", str(s["iter_episodes"]), "--first-episode", str(first_episode(s, i)),
-              "--max-steps", str(s["max_steps"]), "--seed", str(seed), "--out", str(out / "rollouts"), *workers]),
+            collect_stage(out, s, f"iter{i}-collect", agent_file(out, i - 1), bundle_of(out, i - 1), i, seed, workers),
             (f"iter{i}-encode", encode.main,
              ["--data", str(out / "rollouts"), "--vae", str(out / "vae"), "--out", str(out / "latents")]),
             (f"iter{i}-mdnrnn", mdnrnn.main,

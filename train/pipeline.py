@@ -17,8 +17,14 @@ each one's real and dream scores. `--policy` picks the base data's policy: the d
 the perturbed track-follower is the practical regime (privileged data); `--policy random
 --perturbed-episodes 0` is the non-privileged one (random policies, then the agent's own data).
 `--final-from I` then fine-tunes iteration I's MDN-RNN on all the data with the sample flag into
-DIR/final/bundle and scores an agent trained in its dream (train/iterate.py `final_stages`): the
-shipped model is `--iterations 2 --final-from 1`.
+DIR/final/bundle and scores an agent trained in its dream (train/iterate.py `final_stages`).
+
+`--base BUNDLE` starts from a trained model instead of training one: BUNDLE's VAE is the run's and
+BUNDLE is its iteration 0 (train/adopt.py, stage "base", in place of "vae" and "mdnrnn");
+`--base-agent AGENT` (BUNDLE's dream-trained agent) then drives --iter-episodes more real rollouts
+through BUNDLE before encoding, as an iteration's collect does (stage "base-collect"). The shipped
+model is `--base <the model shipped before> --base-agent <its driver> --final-from 0`: that
+model fine-tuned with the sample flag on fresh data, its driver's included.
 
 Every stage skips what is already done (finished shards, encoded rollouts) or resumes from its
 checkpoint, so rerunning the same command after an interruption carries on where it stopped.
@@ -39,7 +45,7 @@ from pathlib import Path
 from dreamenv.atomic import atomic_write_bytes
 from dreamenv.checkpoint import load_bundle, save_bundle
 from dreamenv.shards import read_manifest
-from train import collect, encode, iterate, mdnrnn, vae
+from train import adopt, collect, encode, iterate, mdnrnn, vae
 
 PRESETS = {
     "quick": dict(episodes=4, perturbed_episodes=2, max_steps=200, vae_steps=300, vae_batch=32, mdn_steps=300,
@@ -63,6 +69,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--iterations", type=int, default=0, help="iterative-training rounds after the base model")
     p.add_argument("--final-from", type=int, default=None,
                    help="fine-tune this iteration's MDN-RNN with the sample flag into DIR/final (0..--iterations)")
+    p.add_argument("--base", type=Path, default=None,
+                   help="start from this trained bundle (its VAE and MDN-RNN; nothing retrained) instead of training one")
+    p.add_argument("--base-agent", type=Path, default=None,
+                   help="with --base: its dream-trained agent, which collects --iter-episodes real rollouts through it")
     for name in PRESETS["full"]:
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=None, help="override the preset")
     return p.parse_args(argv)
@@ -89,18 +99,24 @@ def stages(args, s: dict) -> list[tuple[str, callable, list[str]]]:
     common = ["--max-steps", str(s["max_steps"]), "--seed", str(args.seed), "--out", str(out / "rollouts"), *workers]
     perturbed = [("collect-perturbed", collect.main, ["--policy", "track-perturbed", "--episodes",
                   str(s["perturbed_episodes"]), "--first-episode", str(s["episodes"]), *common])]
+    train_vae = [("vae", vae.main, ["--data", str(out / "rollouts"), "--out", str(out / "vae"),
+                                    "--steps", str(s["vae_steps"]), "--batch-size", str(s["vae_batch"]),
+                                    "--eval-every", eval_every, "--seed", str(args.seed)])]
+    train_mdnrnn = [("mdnrnn", mdnrnn.main, ["--latents", str(out / "latents"), "--vae", str(out / "vae"),
+                                             "--out", str(out / "mdnrnn"), "--bundle", str(out / "bundle"),
+                                             "--steps", str(s["mdn_steps"]), "--seq-len", str(s["seq_len"]),
+                                             "--eval-every", str(max(s["mdn_steps"] // 4, 1)),
+                                             "--seed", str(args.seed)])]
+    base = [("base", adopt.main, ["--bundle", str(args.base), "--run", str(out), "--seed", str(args.seed)])]
+    if args.base_agent:
+        base.append(iterate.collect_stage(out, s, "base-collect", args.base_agent, args.base, 1, args.seed, workers))
     return [
         ("collect", collect.main, ["--episodes", str(s["episodes"]), "--policy", s["policy"], *common]),
         *(perturbed if s["perturbed_episodes"] else []),
-        ("vae", vae.main, ["--data", str(out / "rollouts"), "--out", str(out / "vae"),
-                           "--steps", str(s["vae_steps"]), "--batch-size", str(s["vae_batch"]),
-                           "--eval-every", eval_every, "--seed", str(args.seed)]),
+        *(base if args.base else train_vae),
         ("encode", encode.main, ["--data", str(out / "rollouts"), "--vae", str(out / "vae"),
                                  "--out", str(out / "latents")]),
-        ("mdnrnn", mdnrnn.main, ["--latents", str(out / "latents"), "--vae", str(out / "vae"),
-                                 "--out", str(out / "mdnrnn"), "--bundle", str(out / "bundle"),
-                                 "--steps", str(s["mdn_steps"]), "--seq-len", str(s["seq_len"]),
-                                 "--eval-every", str(max(s["mdn_steps"] // 4, 1)), "--seed", str(args.seed)]),
+        *([] if args.base else train_mdnrnn),
         *(iterate.stages(out, s, args.iterations, args.seed, workers) if args.iterations else []),
         *(iterate.final_stages(out, s, args.final_from, args.seed) if args.final_from is not None else []),
     ]
@@ -116,11 +132,16 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.final_from is not None and not 0 <= args.final_from <= args.iterations:
         raise SystemExit(f"--final-from {args.final_from}: expected an iteration in 0..--iterations ({args.iterations})")
+    if args.base_agent and not args.base:
+        raise SystemExit("--base-agent: the agent of which model? pass --base BUNDLE too")
+    if args.base_agent and args.iterations:
+        raise SystemExit("--base-agent collects where iteration 1 would; use it with --iterations 0")
     s = settings(args)
     path = args.out / "pipeline.json"
     spent = json.loads(path.read_text())["stage_seconds"] if path.is_file() else {}
     record = {"command": " ".join(["python -m train.pipeline", *(argv if argv is not None else sys.argv[1:])]),
-              "settings": s, "seed": args.seed, "git_commit": git_commit(), "stage_seconds": spent}
+              "settings": s, "seed": args.seed, "git_commit": git_commit(), "stage_seconds": spent,
+              **({"base": str(args.base), "base_agent": args.base_agent and str(args.base_agent)} if args.base else {})}
     for name, run, stage_argv in stages(args, s):
         print(f"== {name}: python -m {getattr(run, 'module', run.__module__)} {' '.join(stage_argv)}", flush=True)
         t0 = time.time()

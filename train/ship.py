@@ -113,6 +113,34 @@ def dream_strip(bundle: Bundle, shard: Path, steps: int, seed: int, every: int =
     return recon_png(data["obs"][shown], to_float(frames))  # decode gives uint8; the grid takes [0, 1]
 
 
+def vae_line(history: list[dict]) -> str:
+    """The card's line on a VAE trained by the run (train.vae's metrics history)."""
+    return (f"- VAE (paper layout, latent 32, KL free bits 0.5/dim): {history[-1]['step']} Adam steps of 64\n"
+            f"  frames; held-out MSE/pixel by step: "
+            + ", ".join(f'{h["step"]}: {h["heldout_mse_per_pixel"]:.5f}' for h in history) + ".")
+
+
+def vae_seen(vae_info: dict) -> str:
+    """What the card says of the VAE's training data."""
+    if vae_info.get("adopted_from"):
+        return "the VAE is the base model's, trained on that model's data (below)"
+    return f"the VAE saw the {vae_info['train_rollouts']} training rollouts that\nexisted when it trained"
+
+
+def base_lines(meta: dict, vae_info: dict) -> str:
+    """The card's lines on the base model a `train.pipeline --base` run started from (train/adopt.py)."""
+    base = meta.get("base", {}).get("metadata", {})
+    built = base.get("pipeline", {})
+    rounds = {r["iteration"]: r for r in built.get("iterations", [])}
+    agent = rounds.get(base.get("iteration"))
+    scored = (f"; its dream-trained agent scored {agent['real']['mean']:.0f} ± {agent['real']['std']:.0f} over "
+              f"{agent['real']['episodes']} real episodes" if agent else "")
+    return (f"- Base model: `{vae_info['adopted_from']}` as it was at git commit `{meta.get('pipeline', {}).get('git_commit')}`"
+            f"\n  (built by `{built.get('command')}` at commit `{built.get('git_commit')}`, iteration "
+            f"{base.get('iteration', 0)}: {base.get('train_rollouts')} training rollouts{scored}). Its VAE is used as is:\n"
+            f"  held-out MSE/pixel on this run's held-out frames {vae_info['history'][-1]['heldout_mse_per_pixel']:.5f}.")
+
+
 def card(run: Path, bundle: Bundle, table: dict, dtype: str, size_mb: float) -> str:
     """The model card's markdown, from the run's records and the measured table."""
     meta = bundle.metadata
@@ -129,13 +157,14 @@ def card(run: Path, bundle: Bundle, table: dict, dtype: str, size_mb: float) -> 
         choices[choice] = choices.get(choice, 0) + 1
     iteration = meta.get("iteration", 0)
     final = iteration == "final"
-    base = pipeline.get("final_from") if final else iteration
-    rounds = [r for r in pipeline.get("iterations", []) if r["iteration"] <= base]
+    source = pipeline.get("final_from") if final else iteration
+    rounds = [r for r in pipeline.get("iterations", []) if r["iteration"] <= source]
     rounds += [pipeline["final"]] if final and pipeline.get("final") else []
     history = "\n".join(f"| {r['iteration']} | {r['rollouts']} | {r['dream']['mean']:.0f} | {r['real']['mean']:.0f} ± "
                         f"{r['real']['std']:.0f} ({r['real']['episodes']}) |" for r in rounds)
-    which = (f"this is iteration {base}'s MDN-RNN fine-tuned on all\n  the data with the sample flag "
-             f"(`--final-from {base}`, row \"final\")" if final else f"this is the model of\n  iteration {iteration}")
+    started = "the base model's (`--base`)" if vae_info.get("adopted_from") and source == 0 else f"iteration {source}'s"
+    which = (f"this is {started} MDN-RNN fine-tuned on all\n  the data with the sample flag "
+             f"(`--final-from {source}`, row \"final\")" if final else f"this is the model of\n  iteration {iteration}")
     iterations = f"""- Iterative training (the paper's procedure, `train.pipeline --iterations`): {which}. Each iteration, the previous model's dream-trained PPO agent drove
   {pipeline.get("settings", {}).get("iter_episodes")} new real rollouts (with perturbed segments as
   exploration) and the MDN-RNN was fine-tuned on all the data; then a fresh agent trained in the new
@@ -165,13 +194,11 @@ def card(run: Path, bundle: Bundle, table: dict, dtype: str, size_mb: float) -> 
 `track-perturbed` the same follower overridden in random segments by state-independent actions
 (both privileged, data only; see `train/policies.py`). Rollouts are split by name hash:
 {meta.get("train_rollouts")} train, {meta.get("heldout_rollouts")} held out (the VAE and the
-MDN-RNN hold out the same ones; the VAE saw the {vae_info["train_rollouts"]} training rollouts that
-existed when it trained).
+MDN-RNN hold out the same ones; {vae_seen(vae_info)}).
 
 ## Training
 
-- VAE (paper layout, latent 32, KL free bits 0.5/dim): {vae_hist[-1]["step"]} Adam steps of 64
-  frames; held-out MSE/pixel by step: {", ".join(f'{h["step"]}: {h["heldout_mse_per_pixel"]:.5f}' for h in vae_hist)}.
+{base_lines(meta, vae_info) if vae_info.get("adopted_from") else vae_line(vae_hist)}
 - MDN-RNN (LSTM 256, 5 components, {"residual" if bundle.mdnrnn.residual else "absolute"} means): {mdn_args.get("steps")} steps{" (this iteration's fine-tuning)" if iteration else ""}, batch
   {mdn_args.get("batch_size")}, windows of {mdn_args.get("seq_len")}, z noise {mdn_args.get("z_noise")}{FLAG_NOTE if bundle.mdnrnn.sample_flag else ""}.
 {iterations}- Pipeline settings: `{json.dumps(pipeline.get("settings", {}))}`; wall seconds per stage (summed
