@@ -8,11 +8,16 @@ dreamed open-loop, their errors add up like a random walk. Measured on a model t
 rollouts, mean |z| grew from 0.5 to 6.8 in 150 dreamed steps at τ = 0 (real latents: 0.25), a
 third of the dims hit the ±10 clip, and the done head fired within ~200 steps whatever the action.
 
-With `sample_flag=True` the cell also reads s_t: 1 when z_t is a sample (the dream feeds back its
-own, and training draws z ~ N(mu, σ²)), 0 when z_t is an encoder mean (a real frame's). One model
-then serves both: trained on sampled inputs, the dream responds to actions as the real game does,
-but from clean means a sample-trained model predicts z_{t+1} worse than persistence (it treats an
-exact mean as noisy); with the flag it learns both regimes (see train/mdnrnn_loss.window_loss).
+With `sample_flag=True` the model knows whether z_t is a sample (s_t = 1: the dream feeds back its
+own, and training draws z ~ N(mu, σ²)) or an encoder mean (s_t = 0: a real frame's). Trained on
+samples, the dream responds to actions as the real game does, but from clean means such a model
+predicts z_{t+1} worse than persistence (it treats an exact mean as noisy). The flag adds a *mean
+path*: a second kernel and bias (`mean_kernel`, `mean_bias`, zero at init) in the LSTM and in the
+head, whose outputs (gate pre-activations, head outputs) are added with weight 1 - s_t. A path in
+the LSTM alone is not enough: fitted with the head frozen, its 1-step mixture mean got worse, since
+the head's σ and π were made for noisy inputs. For samples the cell is exactly the model without
+the flag, so fine-tuning only the mean path (train.mdnrnn --freeze-sampled) leaves the dream as it
+was; a Python `sampled=1` (the dream's) skips the path's matmul.
 
 `MDNRNN.step` is one application of the cell; `MDNRNN.__call__` unrolls *that same cell*
 (same submodule, same parameters) over time with `nn.scan`. The environments call `step`.
@@ -46,12 +51,19 @@ class MDNHead(nn.Module):
     num_mixtures: int
     sigma_min: float
     residual: bool
+    mean_path: bool = False  # a second output layer for encoder-mean inputs (MDNRNN.sample_flag)
 
     @nn.compact
-    def __call__(self, h, z):
+    def __call__(self, h, z, mean=None):
+        # h: [B, H]; z: [B, D]; mean: the mean path's weight [B, 1] (None: skipped)
         k, d = self.num_mixtures, self.latent_dim
         cols = head_layout(k, d)
         out = nn.Dense(cols["done"].stop, bias_init=self._bias_init, name="out")(h)
+        if self.mean_path:
+            mean_kernel = self.param("mean_kernel", nn.initializers.zeros, (h.shape[-1], cols["done"].stop))
+            mean_bias = self.param("mean_bias", nn.initializers.zeros, (cols["done"].stop,))
+            if mean is not None:
+                out = out + mean * (h @ mean_kernel + mean_bias)
         means = out[..., cols["mu"]].reshape(*h.shape[:-1], k, d)
         # σ = σ_min + softplus(raw): smooth, never below the floor (no overconfidence).
         sigma = self.sigma_min + jax.nn.softplus(out[..., cols["sigma"]])
@@ -79,15 +91,22 @@ class LSTMCell(nn.Module):
     """
 
     hidden_size: int
+    mean_path: bool = False  # a second kernel and bias for encoder-mean inputs (MDNRNN.sample_flag)
 
     @nn.compact
-    def __call__(self, carry, x):
-        # carry: (c, h) each [B, H]; x: [B, n_in]
+    def __call__(self, carry, x, mean=None):
+        # carry: (c, h) each [B, H]; x: [B, n_in]; mean: the mean path's weight [B, 1] (None: skipped)
         c, h = carry
         n_in, hid = x.shape[-1], self.hidden_size
         kernel = self.param("kernel", lstm_kernel_init(n_in, hid), (n_in + hid, 4 * hid))
         bias = self.param("bias", nn.initializers.zeros, (4 * hid,))
-        gates = jnp.concatenate([x, h], axis=-1) @ kernel + bias  # [B, 4H]
+        xh = jnp.concatenate([x, h], axis=-1)
+        gates = xh @ kernel + bias  # [B, 4H]
+        if self.mean_path:
+            mean_kernel = self.param("mean_kernel", nn.initializers.zeros, (n_in + hid, 4 * hid))
+            mean_bias = self.param("mean_bias", nn.initializers.zeros, (4 * hid,))
+            if mean is not None:
+                gates = gates + mean * (xh @ mean_kernel + mean_bias)
         i, f, g, o = jnp.split(gates, 4, axis=-1)
         c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
         h = jax.nn.sigmoid(o) * jnp.tanh(c)
@@ -108,20 +127,23 @@ def lstm_kernel_init(n_in: int, hidden: int):
 
 
 class MDNCell(nn.Module):
-    """One time step: (carry, [z_t, a_t(, s_t)]) -> (carry', (h_t, head outputs))."""
+    """One time step: (carry, ([z_t, a_t], mean weight)) -> (carry', (h_t, head outputs))."""
 
     latent_dim: int
     hidden_size: int
     num_mixtures: int
     sigma_min: float
     residual: bool
+    mean_path: bool = False
 
     @nn.compact
-    def __call__(self, carry, x):
-        # x: [B, D + A (+ 1)]; carry: (c, h) each [B, H]
-        carry, h = LSTMCell(self.hidden_size, name="lstm")(carry, x)
+    def __call__(self, carry, inputs):
+        # inputs: (x [B, D + A], mean path weight 1 - s_t [B, 1] or None); carry: (c, h) each [B, H]
+        x, mean = inputs
+        carry, h = LSTMCell(self.hidden_size, self.mean_path, name="lstm")(carry, x, mean)
         z = x[..., : self.latent_dim]
-        out = MDNHead(self.latent_dim, self.num_mixtures, self.sigma_min, self.residual, name="head")(h, z)
+        out = MDNHead(self.latent_dim, self.num_mixtures, self.sigma_min, self.residual, self.mean_path,
+                      name="head")(h, z, mean)
         return carry, dict(h=h, **out)
 
 
@@ -134,10 +156,11 @@ class MDNRNN(nn.Module):
     num_mixtures: int = 5
     sigma_min: float = 0.01
     residual: bool = False
-    sample_flag: bool = False  # the cell also reads s_t (1: z_t is a sample, 0: an encoder mean)
+    sample_flag: bool = False  # a mean path for encoder-mean inputs (s_t = 0); samples (s_t = 1) skip it
 
     def setup(self):
-        self.cell = MDNCell(self.latent_dim, self.hidden_size, self.num_mixtures, self.sigma_min, self.residual)
+        self.cell = MDNCell(self.latent_dim, self.hidden_size, self.num_mixtures, self.sigma_min, self.residual,
+                            self.sample_flag)
 
     def initial_carry(self, batch: int) -> Carry:
         """Zero LSTM state: (c, h), each [batch, hidden_size]."""
@@ -145,11 +168,14 @@ class MDNRNN(nn.Module):
         return (zeros, zeros)
 
     def inputs(self, z, action, sampled):
-        """The cell's input [..., D + A (+ 1)]; `sampled` (a scalar or [...]) is read only with sample_flag."""
-        if not self.sample_flag:
-            return jnp.concatenate([z, action], axis=-1)
-        flag = jnp.broadcast_to(jnp.asarray(sampled, z.dtype), z.shape[:-1])[..., None]
-        return jnp.concatenate([z, action, flag], axis=-1)
+        """The cell's inputs: ([z, a] [..., D + A], the mean path's weight 1 - s [..., 1] or None).
+
+        `sampled` (s: a scalar or [...]) is read only with sample_flag; None (the path skipped) when it
+        cannot matter: no flag, or a Python 1 (every input a sample, as in the dream)."""
+        x = jnp.concatenate([z, action], axis=-1)
+        if not self.sample_flag or (isinstance(sampled, (int, float)) and sampled == 1):
+            return x, None
+        return x, 1.0 - jnp.broadcast_to(jnp.asarray(sampled, z.dtype), z.shape[:-1])[..., None]
 
     def step(self, carry: Carry, z, action, sampled=0.0):
         """One step. z: [B, D], action: [B, A], sampled: scalar or [B] -> (carry', outputs with leading [B])."""

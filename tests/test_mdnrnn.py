@@ -6,6 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import with_random_mean_path, without_mean_path
+
 from dreamenv.mdnrnn import MDNRNN, head_layout
 
 
@@ -76,18 +78,27 @@ def test_step_traces_once():
         c, _ = step(params, c, z[:, t], a[:, t])
 
 
-def test_sample_flag_is_an_input_only_when_enabled():
-    """Without `sample_flag` the flag is ignored; with it, it is one more input row, per env."""
+def test_sample_flag_adds_a_mean_path_that_samples_skip():
+    """Without `sample_flag` the flag is ignored. With it, samples (s = 1) run exactly the model
+    without the flag, and encoder means (s = 0) add the mean path's gates, per env."""
     plain, flagged = MDNRNN(hidden_size=16), MDNRNN(hidden_size=16, sample_flag=True)
     params, carry, z, a = setup_model(plain)
     base = plain.apply(params, carry, z, a)[1]["mu"]
-    np.testing.assert_array_equal(plain.apply(params, carry, z, a, 1.0)[1]["mu"], base)
+    np.testing.assert_array_equal(plain.apply(params, carry, z, a, 0.0)[1]["mu"], base)
     fparams, *_ = setup_model(flagged)
-    assert fparams["params"]["cell"]["lstm"]["kernel"].shape == (32 + 3 + 1 + 16, 4 * 16)
-    mean_in, sample_in = (np.asarray(flagged.apply(fparams, carry, z, a, s)[1]["mu"]) for s in (0.0, 1.0))
-    assert float(jnp.abs(mean_in - sample_in).max()) > 1e-3
+    cell = fparams["params"]["cell"]
+    assert cell["lstm"]["kernel"].shape == cell["lstm"]["mean_kernel"].shape == (32 + 3 + 16, 4 * 16)
+    assert cell["head"]["out"]["kernel"].shape == cell["head"]["mean_kernel"].shape
+    assert not any(np.any(cell[layer][name]) for layer in ("lstm", "head") for name in ("mean_kernel", "mean_bias"))
+    shared = without_mean_path(fparams)
+    fparams = with_random_mean_path(fparams)
+    want = plain.apply(shared, carry, z, a)[1]["mu"]
+    for sampled in (1.0, jnp.ones(3)[:, None]):  # a Python 1 skips the path, an array weighs it by 0
+        np.testing.assert_allclose(flagged.apply(fparams, carry, z, a, sampled)[1]["mu"], want, atol=1e-6)
+    mean_in = np.asarray(flagged.apply(fparams, carry, z, a, 0.0)[1]["mu"])
+    assert float(np.abs(mean_in - np.asarray(want)).max()) > 1e-3
     mixed = np.asarray(flagged.apply(fparams, carry, z, a, jnp.array([[0.0], [1.0], [0.0]]))[1]["mu"])
     np.testing.assert_allclose(mixed[[0, 2]], mean_in[[0, 2]], atol=1e-6)
-    np.testing.assert_allclose(mixed[1], sample_in[1], atol=1e-6)
+    np.testing.assert_allclose(mixed[1], np.asarray(want)[1], atol=1e-6)
     stepped = flagged.apply(fparams, carry, z[:, 0], a[:, 0], jnp.array([0.0, 1.0, 0.0]), method=MDNRNN.step)[1]
     np.testing.assert_allclose(stepped["mu"], mixed[:, 0], atol=1e-5)

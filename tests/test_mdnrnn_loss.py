@@ -112,6 +112,8 @@ def test_a_sample_flag_model_sees_half_the_windows_as_means():
     exact = np.all(np.asarray(z) == np.asarray(window["mu"]), axis=(1, 2))  # [B]
     np.testing.assert_array_equal(exact, np.asarray(sampled) == 0.0)
     np.testing.assert_allclose(exact.mean(), 0.5, atol=0.08)
+    _, sampled = training_latents(MDNRNN(latent_dim=4, sample_flag=True), window, jax.random.key(0), 1.0, 1.0)
+    assert np.all(np.asarray(sampled) == 0.0)  # --freeze-sampled: every window as means
     z, sampled = training_latents(MDNRNN(latent_dim=4), window, jax.random.key(0), 1.0)
     assert np.all(np.asarray(sampled) == 1.0)
     np.testing.assert_allclose(np.std(np.asarray(z - window["mu"])), 1.0, atol=0.05)

@@ -7,6 +7,7 @@ import json
 import jax
 import numpy as np
 import pytest
+from conftest import without_mean_path
 from flax import serialization
 
 from dreamenv.checkpoint import load_bundle
@@ -149,6 +150,28 @@ def test_init_without_the_sample_flag_gains_it_as_the_same_function(encoded, tmp
         np.testing.assert_allclose(got, want, atol=1e-4)
     history = json.loads((tmp_path / "tuned" / "metrics.json").read_text())["history"]
     assert "mse_ratio_to_persistence" in history[-1]["heldout_as_sampled"]
+
+
+def test_freeze_sampled_trains_the_mean_path_and_keeps_the_model_on_samples(encoded, tmp_path):
+    mdnrnn.train(mdn_args(encoded, tmp_path / "base", steps=20))
+    tuned = mdn_args(encoded, tmp_path / "tuned", steps=20)
+    with pytest.raises(SystemExit, match="pass --sample-flag and --init BUNDLE too"):
+        mdnrnn.train(mdnrnn.parse_args([*map(str, ["--latents", encoded / "latents", "--out", tmp_path / "x",
+                                                    "--freeze-sampled", "--sample-flag"])]))
+    tuned.init, tuned.sample_flag, tuned.freeze_sampled = tmp_path / "base" / "bundle", True, True
+    mdnrnn.train(tuned)
+    base, frozen = (load_bundle(tmp_path / d / "bundle") for d in ("base", "tuned"))
+    cell = frozen.mdnrnn_params["params"]["cell"]
+    assert all(np.abs(cell[layer]["mean_kernel"]).max() > 1e-4 for layer in ("lstm", "head"))  # the path trained
+    for x, y in zip(jax.tree_util.tree_leaves(base.mdnrnn_params),
+                    jax.tree_util.tree_leaves(without_mean_path(frozen.mdnrnn_params)), strict=True):
+        np.testing.assert_array_equal(x, y)  # everything else is the base's, bit for bit
+    z = np.random.default_rng(1).normal(size=(2, 5, 8)).astype(np.float32)
+    a = np.random.default_rng(2).uniform(size=(2, 5, 3)).astype(np.float32)
+    want = base.mdnrnn.apply(base.mdnrnn_params, base.mdnrnn.initial_carry(2), z, a)[1]["mu"]
+    run = lambda flag: frozen.mdnrnn.apply(frozen.mdnrnn_params, frozen.mdnrnn.initial_carry(2), z, a, flag)[1]["mu"]
+    np.testing.assert_array_equal(run(1.0), want)
+    assert float(np.abs(np.asarray(run(0.0)) - np.asarray(want)).max()) > 1e-5
 
 
 def test_finished_run_keeps_its_bundle_when_rerun(encoded, tmp_path):

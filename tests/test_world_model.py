@@ -1,10 +1,12 @@
 """The pure world-model core: reset / step / rollout / decode / encode on explicit state."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import TINY, tiny_bundle
+from conftest import TINY, tiny_bundle, with_random_mean_path
 
 from dreamenv import world_model as wm
 from dreamenv.checkpoint import random_bundle
@@ -141,7 +143,8 @@ def test_step_never_retraces_for_another_model_state_or_temperature(model, trace
 
 def test_the_dream_tells_a_sample_flag_model_its_inputs_are_samples():
     vae, mdn = TINY["vae"], TINY["mdnrnn"].clone(sample_flag=True)
-    flagged = wm.WorldModel.from_bundle(random_bundle(jax.random.key(0), vae=vae, mdnrnn=mdn, n_start=5))
+    bundle = random_bundle(jax.random.key(0), vae=vae, mdnrnn=mdn, n_start=5)
+    flagged = wm.WorldModel.from_bundle(dataclasses.replace(bundle, mdnrnn_params=with_random_mean_path(bundle.mdnrnn_params)))
     state, _ = wm.reset(flagged, jax.random.key(0), B)
     _, _, reward, _ = wm.step(flagged, state, actions(), jax.random.key(1))
     heads = [wm.memory_step(flagged, state.carry, state.z, actions(), sampled=s)[1]["reward"] for s in (0.0, 1.0)]

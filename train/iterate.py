@@ -92,16 +92,17 @@ def stages(out: Path, s: dict, iterations: int, seed: int, workers: list[str]) -
 
 
 def final_stages(out: Path, s: dict, source: int, seed: int) -> list[tuple]:
-    """DIR/final: iteration `source`'s MDN-RNN fine-tuned on all the data with the sample flag
-    (train.mdnrnn --sample-flag: its dream as before, and 1-step predictions from real latents), and
-    a fresh agent trained in its dream and scored on the real game."""
+    """DIR/final: iteration `source`'s MDN-RNN given the sample flag's mean path, trained on all the
+    data's encoder means (train.mdnrnn --sample-flag --freeze-sampled: on samples, so in the dream
+    and in LatentCarRacing-v0's memory, it is iteration `source`'s model exactly; 1-step predictions
+    from real latents use the new path), and a fresh agent trained in its dream, scored on the real game."""
     steps = s["final_mdn_steps"]
     return [
         ("final-mdnrnn", mdnrnn.main,
          ["--latents", str(out / "latents"), "--vae", str(out / "vae"), "--out", str(out / "final" / "mdnrnn"),
           "--bundle", str(bundle_of(out, "final")), "--init", str(bundle_of(out, source)), "--sample-flag",
-          "--steps", str(steps), "--seq-len", str(s["seq_len"]), "--lr", str(s["iter_lr"]),
-          "--lr-end", f"{s['iter_lr'] / 10:g}", "--eval-every", str(max(steps // 4, 1)), "--seed", str(seed + 1)]),
+          "--freeze-sampled", "--steps", str(steps), "--seq-len", str(s["seq_len"]),
+          "--eval-every", str(max(steps // 4, 1)), "--seed", str(seed + 1)]),
         agent_stage(out, s, "final", seed, name="final-agent"),
     ]
 

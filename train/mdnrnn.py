@@ -38,6 +38,7 @@ from train.trainstate import TrainCheckpoint
 from train.vae_run import load_vae_config, load_vae_run
 
 LOG_EVERY = 50  # steps between loss checks (a host sync) and progress updates
+MEAN_PATH = ("mean_kernel", "mean_bias")  # the LSTM's and the head's params for encoder-mean inputs (sample_flag)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -63,6 +64,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sample-flag", action=argparse.BooleanOptionalAction, default=False,
                    help="tell the model whether z_t is a sample or an encoder mean; half the windows are each "
                         "(see dreamenv/mdnrnn.py). An --init model without the flag gains it with zero weight")
+    p.add_argument("--freeze-sampled", action="store_true",
+                   help="with --sample-flag and --init: train only the mean path, on encoder means; the model "
+                        "on samples (the dream) stays the --init one exactly")
     p.add_argument("--reward-weight", type=float, default=1.0)
     p.add_argument("--done-weight", type=float, default=1.0)
     p.add_argument("--eval-every", type=int, default=2000)
@@ -84,9 +88,9 @@ def load_split(latents: Path, vae_run: Path, fingerprint: str) -> tuple[LatentSe
     return LatentSet.from_files(train_paths, fingerprint), LatentSet.from_files(held_paths, fingerprint)
 
 
-def init_from(path: Path, model: MDNRNN, fingerprint: str):
+def init_from(path: Path, model: MDNRNN, fingerprint: str, fresh):
     """The MDN-RNN params of bundle `path`, checked to fit `model` and the current VAE (a model
-    without the sample flag gains it: a zero row in the LSTM kernel, the same function at any flag)."""
+    without the sample flag gains it: `fresh`'s zero mean path, the same function at any flag)."""
     bundle = load_bundle(path)
     gains_flag = model.sample_flag and not bundle.mdnrnn.sample_flag
     if {**module_config(bundle.mdnrnn), "sample_flag": model.sample_flag} != module_config(model):
@@ -97,10 +101,20 @@ def init_from(path: Path, model: MDNRNN, fingerprint: str):
                          f"fine-tune only on latents of the VAE it was trained with")
     params = jax.tree_util.tree_map(jnp.asarray, bundle.mdnrnn_params)
     if gains_flag:
-        lstm = params["params"]["cell"]["lstm"]
-        row = model.latent_dim + model.action_dim  # the kernel's rows: [z, a, (flag), h]
-        lstm["kernel"] = jnp.insert(lstm["kernel"], row, 0.0, axis=0)
+        for layer in ("lstm", "head"):
+            params["params"]["cell"][layer].update({name: fresh["params"]["cell"][layer][name] for name in MEAN_PATH})
     return params
+
+
+def optimizer(args):
+    """Adam with clipped gradients and cosine-decayed lr; with --freeze-sampled, for the mean path only."""
+    schedule = optax.cosine_decay_schedule(args.lr, args.steps, alpha=args.lr_end / args.lr)
+    opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(schedule))
+    if not args.freeze_sampled:
+        return opt
+    labels = lambda params: jax.tree_util.tree_map_with_path(
+        lambda path, _: "mean" if path[-1].key in MEAN_PATH else "frozen", params)
+    return optax.multi_transform({"mean": opt, "frozen": optax.set_to_zero()}, labels)
 
 
 def done_pos_weight(data: LatentSet) -> float:
@@ -116,7 +130,7 @@ def make_update(model: MDNRNN, opt, args, pos_weight: float):
         window = gather_windows(data, rollout, start, args.seq_len)
         grad_fn = jax.value_and_grad(window_loss, argnums=1, has_aux=True)
         (_, terms), grads = grad_fn(model, params, window, k_z, pos_weight, args.reward_weight, args.done_weight,
-                                     args.z_noise)
+                                     args.z_noise, 1.0 if args.freeze_sampled else 0.5)
         updates, opt_state = opt.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, terms
 
@@ -140,6 +154,9 @@ def start_latents(data: LatentSet) -> np.ndarray:
 
 
 def train(args) -> dict:
+    if args.freeze_sampled and not (args.sample_flag and args.init):
+        raise SystemExit("--freeze-sampled trains only the mean path of an --init model: pass --sample-flag "
+                         "and --init BUNDLE too")
     vae, vae_params = load_vae_run(args.vae)
     _, frames = load_vae_config(args.vae)
     fingerprint = vae_fingerprint(vae, vae_params)
@@ -147,14 +164,13 @@ def train(args) -> dict:
     model = MDNRNN(latent_dim=train_set.mu.shape[-1], action_dim=train_set.action.shape[-1],
                    hidden_size=args.hidden_size, num_mixtures=args.mixtures, sigma_min=args.sigma_min,
                    residual=args.residual, sample_flag=args.sample_flag)
-    schedule = optax.cosine_decay_schedule(args.lr, args.steps, alpha=args.lr_end / args.lr)
-    opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(schedule))
+    opt = optimizer(args)
     key = jax.random.key(args.seed)
     k_init, key = jax.random.split(key)
     z0 = jnp.zeros((1, 1, model.latent_dim))
     params = model.init(k_init, model.initial_carry(1), z0, jnp.zeros((1, 1, model.action_dim)))
     if args.init is not None:
-        params = init_from(args.init, model, fingerprint)
+        params = init_from(args.init, model, fingerprint, params)
     metrics_path, bundle_path = args.out / "metrics.json", args.bundle or args.out / "bundle"
     history = json.loads(metrics_path.read_text())["history"] if metrics_path.exists() else []
     if history and history[-1]["step"] >= args.steps and (bundle_path / "config.json").is_file():

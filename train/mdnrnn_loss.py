@@ -44,20 +44,21 @@ def gather_windows(data: dict, rollout, start, seq_len: int) -> dict:
     return jax.vmap(one)(rollout, start)
 
 
-def training_latents(model: MDNRNN, window: dict, key, z_noise):
+def training_latents(model: MDNRNN, window: dict, key, z_noise, mean_share=0.5):
     """The windows' latents z [B, L+1, D] and sample flags [B]: z = mu + z_noise·σ·ε, except in the
-    half of the windows (drawn afresh) a `sample_flag` model sees as encoder means (flag 0, z = mu)."""
+    share `mean_share` of the windows (drawn afresh) a `sample_flag` model sees as encoder means
+    (flag 0, z = mu)."""
     eps = jax.random.normal(key, window["mu"].shape)
     batch = eps.shape[0]
     sampled = jnp.ones(batch)
     if model.sample_flag:
-        sampled = jax.random.bernoulli(jax.random.fold_in(key, 1), 0.5, (batch,)).astype(jnp.float32)
+        sampled = 1.0 - jax.random.bernoulli(jax.random.fold_in(key, 1), mean_share, (batch,)).astype(jnp.float32)
     z = window["mu"] + z_noise * sampled[:, None, None] * jnp.exp(0.5 * window["logvar"]) * eps
     return z, sampled
 
 
 def window_loss(model: MDNRNN, params, window: dict, key, done_pos_weight, reward_weight, done_weight,
-                z_noise=0.0):
+                z_noise=0.0, mean_share=0.5):
     """Loss on windows: mixture NLL of z_{t+1} (per latent dim), squared-error reward, weighted BCE done.
 
     The reward head is fit by squared error, so it predicts the expected reward: CarRacing's is a
@@ -70,10 +71,10 @@ def window_loss(model: MDNRNN, params, window: dict, key, done_pos_weight, rewar
 
     window: mu, logvar [B, L+1, D]; action [B, L+1, A]; reward, done, valid [B, L+1].
     z = mu + z_noise·σ·ε is sampled afresh for inputs and targets alike (z_noise = 1: z ~ N(mu, σ²)
-    as in the paper; 0: the encoder means); a `sample_flag` model sees half the windows as means
-    and is told which (`training_latents`).
+    as in the paper; 0: the encoder means); a `sample_flag` model sees the share `mean_share` of the
+    windows as means and is told which (`training_latents`).
     """
-    z, sampled = training_latents(model, window, key, z_noise)
+    z, sampled = training_latents(model, window, key, z_noise, mean_share)
     batch = z.shape[0]
     _, out = model.apply(params, model.initial_carry(batch), z[:, :-1], window["action"][:, :-1], sampled[:, None])
     step_valid = window["valid"][:, :-1]  # [B, L]: the transition from step t exists
