@@ -208,6 +208,8 @@ def run(
     t_data = time.perf_counter()
 
     warm, tf = teacher_forced(world, real.z, real.action, real.start_rollout, real.start_t)
+    if bundle.mdnrnn.sample_flag:  # dreams go on from the carry LatentCarRacing-v0's memory builds
+        warm, _ = teacher_forced(world, real.z, real.action, real.start_rollout, real.start_t, sampled=1.0)
     idx = real.start_t[:, None] + np.arange(horizon)  # [N, H]: t = s + h - 1, predicting z_{s+h}
     r = real.start_rollout[:, None]
     target, z_s = real.z[r, idx + 1], real.z[real.start_rollout, real.start_t]  # [N, H, D], [N, D]

@@ -30,9 +30,12 @@ def _time_major(x):
     return jnp.swapaxes(x, 0, 1)
 
 
-@jax.jit
-def teacher_forced(model: wm.WorldModel, z, action, start_rollout, start_t):
+@partial(jax.jit, static_argnames=("sampled",))
+def teacher_forced(model: wm.WorldModel, z, action, start_rollout, start_t, sampled: float = 0.0):
     """One unroll of every rollout on its real latents, capturing the carry at each start.
+
+    sampled: the sample flag a `sample_flag` model reads them with (0: encoder means, as they are;
+    1: as LatentCarRacing-v0's memory reads them, the carry the dream continues from).
 
     z: [R, T, D] real latents, action: [R, T, 3] (both zero-padded past a rollout's end);
     start_rollout, start_t: [N] int. -> (warm carry (c, h) [N, Hid] before consuming z_s,
@@ -47,7 +50,7 @@ def teacher_forced(model: wm.WorldModel, z, action, start_rollout, start_t):
         t, z_t, a_t, z_next = x
         hit = (start_t == t)[:, None]  # [N, 1]
         warm = tuple(jnp.where(hit, c[start_rollout], w) for c, w in zip(carry, warm))
-        carry, head = wm.memory_step(model, carry, z_t, a_t)
+        carry, head = wm.memory_step(model, carry, z_t, a_t, sampled)
         out = dict(
             pred=_prediction(head),
             log_prob=mdn_log_prob(head["log_pi"], head["mu"], head["log_sigma"], z_next),
@@ -76,7 +79,7 @@ def open_loop(model: wm.WorldModel, warm, z0, actions, targets, key, temperature
     def mean_body(state, x):
         carry, z = state
         action, target = x
-        carry, head = wm.memory_step(model, carry, z, action)
+        carry, head = wm.memory_step(model, carry, z, action, sampled=1.0)  # a dream: its own outputs
         z = _prediction(head)
         log_prob = mdn_log_prob(head["log_pi"], head["mu"], head["log_sigma"], target)
         return (carry, z), dict(z=z, log_prob=log_prob, reward=head["reward"], done_logit=head["done_logit"])

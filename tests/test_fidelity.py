@@ -10,7 +10,7 @@ import pytest
 from benchmarks.fidelity import run
 from benchmarks.fidelity_data import choose_starts
 from benchmarks.image_metrics import ssim
-from conftest import tiny_bundle, write_shards
+from conftest import tiny_bundle, with_random_mean_path, write_shards
 from dreamenv.mdnrnn import head_layout
 from dreamenv.shards import ShardError
 
@@ -135,3 +135,20 @@ def test_bad_input_is_named(tmp_path, bundle_path):
     np.savez(latents / "rollout_000000.npz", mu=np.zeros((9, 8)), reward=np.zeros(9))
     with pytest.raises(ShardError, match="rollout_000000.npz.*not of encoded latents"):
         run(bundle_path, latents, horizon=4, out=tmp_path / "o")
+
+
+def test_a_sample_flag_model_dreams_as_without_its_mean_path_and_predicts_with_it(tmp_path, shards):
+    """Teacher-forced 1-step predictions read real latents as means (the mean path); the dreams, and
+    the carry they go on from, read them as LatentCarRacing-v0 does (samples: the path skipped)."""
+    plain = tiny_bundle()
+    cell = {layer: dict(p) for layer, p in plain.mdnrnn_params["params"]["cell"].items()}
+    cell["lstm"].update(mean_kernel=np.zeros_like(cell["lstm"]["kernel"]), mean_bias=np.zeros_like(cell["lstm"]["bias"]))
+    cell["head"].update(mean_kernel=np.zeros_like(cell["head"]["out"]["kernel"]),
+                        mean_bias=np.zeros_like(cell["head"]["out"]["bias"]))
+    flagged = dataclasses.replace(plain, mdnrnn=plain.mdnrnn.clone(sample_flag=True),
+                                  mdnrnn_params=with_random_mean_path({"params": {"cell": cell}}))
+    results = [run(b, shards, out=tmp_path / name, **SIZE)["latent"]["mse"]
+               for name, b in (("plain", plain), ("flagged", flagged))]
+    for curve in ("open_loop_mean", "open_loop_sampled"):
+        np.testing.assert_allclose(results[1][curve], results[0][curve], rtol=1e-5)
+    assert not np.allclose(results[1]["teacher_forced"], results[0]["teacher_forced"], rtol=1e-3)
