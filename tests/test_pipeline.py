@@ -82,7 +82,8 @@ def test_pipeline_builds_a_loadable_bundle_and_reruns_as_a_no_op(tmp_path):
                       "--eval-frames", "16", "--strip-steps", "30"]) == 0
     text = card.read_text()
     assert "--iteration final" in text and "| mse_ratio_to_persistence (flag 1) |" in text
-    assert "fine-tuned on all\n  the data with the sample flag" in text and "| final | 4 |" in text
+    assert "given the sample flag, trained on all\n  the data" in text and "| final | 4 |" in text
+    assert "mean path trained alone (`--freeze-sampled`)" in text
 
     # a run that starts from a trained model and its agent (--base, --base-agent: train/adopt.py)
     source, driver = out / "iter1" / "bundle", out / "iter1" / "agent" / "agent.zip"
@@ -112,5 +113,5 @@ def test_pipeline_builds_a_loadable_bundle_and_reruns_as_a_no_op(tmp_path):
     assert ship.main(["--run", str(again), "--iteration", "final", "--dest", str(dest), "--card", str(card),
                       "--eval-frames", "16", "--strip-steps", "30"]) == 0
     text = card.read_text()
-    assert f"Base model: `{source}`" in text and "the base model's (`--base`) MDN-RNN fine-tuned" in text
+    assert f"Base model: `{source}`" in text and "the base model's (`--base`) MDN-RNN given the sample flag" in text
     assert "| final | 4 |" in text and "--base-agent" in text and record["base_agent"] == str(driver)

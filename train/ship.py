@@ -37,6 +37,8 @@ from train.vae import heldout_frames, make_evaluate, recon_png
 ASSETS = Path(__file__).resolve().parents[1] / "dreamenv" / "assets"
 FLAG_NOTE = (", with the sample flag: half the windows sampled z ~ N(mu, σ²) (flag 1), half the "
              "encoder means (flag 0)")
+FROZEN_NOTE = (", with the sample flag's mean path trained alone (`--freeze-sampled`) on encoder means "
+               "(flag 0); on samples (flag 1) the model is the `--init` one exactly")
 FLAG_METRICS = """The MDN-RNN reads these real latents as what they are, encoder means (sample flag 0); rows marked
 "(flag 1)" feed the same latents with the dream's flag, as LatentCarRacing-v0's memory runs.
 """
@@ -44,10 +46,10 @@ NOISE_LIMIT = """- Trained on sampled latents z ~ N(mu, σ²) (the paper's regul
   open-loop dreams), its 1-step mixture mean from clean latents is worse than persistence.
 """
 FLAG_LIMIT = """- The memory has two modes (`MDNRNN.sample_flag`): the dream runs it on its own samples (flag 1,
-  trained on z ~ N(mu, σ²), the paper's regulariser that keeps open-loop dreams stable); 1-step
-  predictions from real encoder means use flag 0 (the default of `MDNRNN.__call__`/`step` and
-  `world_model.memory_step`). With flag 1 on clean latents the mixture mean is worse than
-  persistence (the rows marked "(flag 1)").
+  trained on z ~ N(mu, σ²), the paper's regulariser that keeps open-loop dreams stable), and so does
+  LatentCarRacing-v0's memory; 1-step predictions from real encoder means use flag 0, which adds the
+  mean path (the default of `MDNRNN.__call__`/`step` and `world_model.memory_step`). With flag 1 on
+  clean latents the mixture mean is worse than persistence (the rows marked "(flag 1)").
 """
 COMPARED = ("vae_mse_per_pixel", "nll_per_step", "mse_ratio_to_persistence", "reward_corr")
 
@@ -113,6 +115,13 @@ def dream_strip(bundle: Bundle, shard: Path, steps: int, seed: int, every: int =
     return recon_png(data["obs"][shown], to_float(frames))  # decode gives uint8; the grid takes [0, 1]
 
 
+def flag_note(bundle: Bundle, mdn_args: dict) -> str:
+    """The card's words on how the MDN-RNN's sample flag was trained (none without the flag)."""
+    if not bundle.mdnrnn.sample_flag:
+        return ""
+    return FROZEN_NOTE if mdn_args.get("freeze_sampled") else FLAG_NOTE
+
+
 def vae_line(history: list[dict]) -> str:
     """The card's line on a VAE trained by the run (train.vae's metrics history)."""
     return (f"- VAE (paper layout, latent 32, KL free bits 0.5/dim): {history[-1]['step']} Adam steps of 64\n"
@@ -163,7 +172,7 @@ def card(run: Path, bundle: Bundle, table: dict, dtype: str, size_mb: float) -> 
     history = "\n".join(f"| {r['iteration']} | {r['rollouts']} | {r['dream']['mean']:.0f} | {r['real']['mean']:.0f} ± "
                         f"{r['real']['std']:.0f} ({r['real']['episodes']}) |" for r in rounds)
     started = "the base model's (`--base`)" if vae_info.get("adopted_from") and source == 0 else f"iteration {source}'s"
-    which = (f"this is {started} MDN-RNN fine-tuned on all\n  the data with the sample flag "
+    which = (f"this is {started} MDN-RNN given the sample flag, trained on all\n  the data "
              f"(`--final-from {source}`, row \"final\")" if final else f"this is the model of\n  iteration {iteration}")
     iterations = f"""- Iterative training (the paper's procedure, `train.pipeline --iterations`): {which}. Each iteration, the previous model's dream-trained PPO agent drove
   {pipeline.get("settings", {}).get("iter_episodes")} new real rollouts (with perturbed segments as
@@ -200,7 +209,7 @@ MDN-RNN hold out the same ones; {vae_seen(vae_info)}).
 
 {base_lines(meta, vae_info) if vae_info.get("adopted_from") else vae_line(vae_hist)}
 - MDN-RNN (LSTM 256, 5 components, {"residual" if bundle.mdnrnn.residual else "absolute"} means): {mdn_args.get("steps")} steps{" (this iteration's fine-tuning)" if iteration else ""}, batch
-  {mdn_args.get("batch_size")}, windows of {mdn_args.get("seq_len")}, z noise {mdn_args.get("z_noise")}{FLAG_NOTE if bundle.mdnrnn.sample_flag else ""}.
+  {mdn_args.get("batch_size")}, windows of {mdn_args.get("seq_len")}, z noise {mdn_args.get("z_noise")}{flag_note(bundle, mdn_args)}.
 {iterations}- Pipeline settings: `{json.dumps(pipeline.get("settings", {}))}`; wall seconds per stage (summed
   over invocations, resumes included): `{json.dumps(pipeline.get("stage_seconds", {}))}`.
 
