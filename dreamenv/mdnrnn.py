@@ -17,7 +17,8 @@ head, whose outputs (gate pre-activations, head outputs) are added with weight 1
 the LSTM alone is not enough: fitted with the head frozen, its 1-step mixture mean got worse, since
 the head's σ and π were made for noisy inputs. For samples the cell is exactly the model without
 the flag, so fine-tuning only the mean path (train.mdnrnn --freeze-sampled) leaves the dream as it
-was; a Python `sampled=1` (the dream's) skips the path's matmul.
+was; a Python `sampled=1` (the dream's) skips the path, which then needs none of its params
+(`samples_only`).
 
 `MDNRNN.step` is one application of the cell; `MDNRNN.__call__` unrolls *that same cell*
 (same submodule, same parameters) over time with `nn.scan`. The environments call `step`.
@@ -59,11 +60,10 @@ class MDNHead(nn.Module):
         k, d = self.num_mixtures, self.latent_dim
         cols = head_layout(k, d)
         out = nn.Dense(cols["done"].stop, bias_init=self._bias_init, name="out")(h)
-        if self.mean_path:
+        if self.mean_path and mean is not None:
             mean_kernel = self.param("mean_kernel", nn.initializers.zeros, (h.shape[-1], cols["done"].stop))
             mean_bias = self.param("mean_bias", nn.initializers.zeros, (cols["done"].stop,))
-            if mean is not None:
-                out = out + mean * (h @ mean_kernel + mean_bias)
+            out = out + mean * (h @ mean_kernel + mean_bias)
         means = out[..., cols["mu"]].reshape(*h.shape[:-1], k, d)
         # σ = σ_min + softplus(raw): smooth, never below the floor (no overconfidence).
         sigma = self.sigma_min + jax.nn.softplus(out[..., cols["sigma"]])
@@ -102,15 +102,24 @@ class LSTMCell(nn.Module):
         bias = self.param("bias", nn.initializers.zeros, (4 * hid,))
         xh = jnp.concatenate([x, h], axis=-1)
         gates = xh @ kernel + bias  # [B, 4H]
-        if self.mean_path:
+        if self.mean_path and mean is not None:  # declared here: a call on samples needs no mean params
             mean_kernel = self.param("mean_kernel", nn.initializers.zeros, (n_in + hid, 4 * hid))
             mean_bias = self.param("mean_bias", nn.initializers.zeros, (4 * hid,))
-            if mean is not None:
-                gates = gates + mean * (xh @ mean_kernel + mean_bias)
+            gates = gates + mean * (xh @ mean_kernel + mean_bias)
         i, f, g, o = jnp.split(gates, 4, axis=-1)
         c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
         h = jax.nn.sigmoid(o) * jnp.tanh(c)
         return (c, h), h
+
+
+MEAN_PATH = ("mean_kernel", "mean_bias")  # the params of the mean path, in the LSTM and in the head
+
+
+def samples_only(params):
+    """MDN-RNN params without the mean path: all that a call on samples (`sampled=1`) reads, and what
+    a model without the sample flag has."""
+    cell = {layer: {k: v for k, v in p.items() if k not in MEAN_PATH} for layer, p in params["params"]["cell"].items()}
+    return {**params, "params": {**params["params"], "cell": cell}}
 
 
 def lstm_kernel_init(n_in: int, hidden: int):

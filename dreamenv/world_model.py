@@ -39,7 +39,7 @@ import numpy as np
 
 from dreamenv.checkpoint import Bundle
 from dreamenv.frames import FrameConfig
-from dreamenv.mdnrnn import MDNRNN
+from dreamenv.mdnrnn import MDNRNN, samples_only
 from dreamenv.mixture import mdn_sample
 from dreamenv.vae import VAE
 
@@ -92,9 +92,11 @@ class WorldModel:
         )
 
     def for_obs(self, obs: str) -> "WorldModel":
-        """This model without what `step`/`reset` in mode `obs` never read (the VAE, unless "pixels"):
+        """This model without what `step`/`reset` in mode `obs` never read (the VAE, unless "pixels";
+        the MDN-RNN's mean path, which samples skip), for the dream and LatentCarRacing-v0's memory:
         a jitted call's cost at batch 1 grows with the number of arrays passed (~0.3 µs each)."""
-        return self if obs == "pixels" else self.replace(vae_params=None)
+        model = self.replace(mdnrnn_params=samples_only(self.mdnrnn_params))
+        return model if obs == "pixels" else model.replace(vae_params=None)
 
     @property
     def latent_dim(self) -> int:

@@ -34,12 +34,6 @@ def with_random_mean_path(params, seed=1):
     return {"params": {**params["params"], "cell": cell}}
 
 
-def without_mean_path(params):
-    """`params` without the mean path: what a model without the sample flag has."""
-    cell = {layer: {k: v for k, v in p.items() if not k.startswith("mean_")} for layer, p in params["params"]["cell"].items()}
-    return {"params": {**params["params"], "cell": cell}}
-
-
 def write_shards(folder, lengths=(12, 12, 12), seed=0, terminal=True):
     """Random-frame shards; the first one ends terminated (when `terminal`)."""
     rng = np.random.default_rng(seed)

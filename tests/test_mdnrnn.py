@@ -6,9 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import with_random_mean_path, without_mean_path
+from conftest import with_random_mean_path
 
-from dreamenv.mdnrnn import MDNRNN, head_layout
+from dreamenv.mdnrnn import MDNRNN, head_layout, samples_only
 
 
 def setup_model(model, batch=3, steps=9, seed=0):
@@ -90,7 +90,7 @@ def test_sample_flag_adds_a_mean_path_that_samples_skip():
     assert cell["lstm"]["kernel"].shape == cell["lstm"]["mean_kernel"].shape == (32 + 3 + 16, 4 * 16)
     assert cell["head"]["out"]["kernel"].shape == cell["head"]["mean_kernel"].shape
     assert not any(np.any(cell[layer][name]) for layer in ("lstm", "head") for name in ("mean_kernel", "mean_bias"))
-    shared = without_mean_path(fparams)
+    shared = samples_only(fparams)
     fparams = with_random_mean_path(fparams)
     want = plain.apply(shared, carry, z, a)[1]["mu"]
     for sampled in (1.0, jnp.ones(3)[:, None]):  # a Python 1 skips the path, an array weighs it by 0

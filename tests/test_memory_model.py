@@ -7,11 +7,10 @@ import json
 import jax
 import numpy as np
 import pytest
-from conftest import without_mean_path
 from flax import serialization
 
 from dreamenv.checkpoint import load_bundle
-from dreamenv.mdnrnn import MDNRNN
+from dreamenv.mdnrnn import MDNRNN, samples_only
 from dreamenv.shards import shard_name, write_shard
 from train import encode, mdnrnn, vae
 from train.latents import LatentError, LatentSet, load_latents
@@ -164,7 +163,7 @@ def test_freeze_sampled_trains_the_mean_path_and_keeps_the_model_on_samples(enco
     cell = frozen.mdnrnn_params["params"]["cell"]
     assert all(np.abs(cell[layer]["mean_kernel"]).max() > 1e-4 for layer in ("lstm", "head"))  # the path trained
     for x, y in zip(jax.tree_util.tree_leaves(base.mdnrnn_params),
-                    jax.tree_util.tree_leaves(without_mean_path(frozen.mdnrnn_params)), strict=True):
+                    jax.tree_util.tree_leaves(samples_only(frozen.mdnrnn_params)), strict=True):
         np.testing.assert_array_equal(x, y)  # everything else is the base's, bit for bit
     z = np.random.default_rng(1).normal(size=(2, 5, 8)).astype(np.float32)
     a = np.random.default_rng(2).uniform(size=(2, 5, 3)).astype(np.float32)

@@ -150,3 +150,6 @@ def test_the_dream_tells_a_sample_flag_model_its_inputs_are_samples():
     heads = [wm.memory_step(flagged, state.carry, state.z, actions(), sampled=s)[1]["reward"] for s in (0.0, 1.0)]
     np.testing.assert_allclose(reward, heads[1], atol=1e-6)
     assert float(jnp.abs(heads[0] - heads[1]).max()) > 1e-4
+    core = flagged.for_obs("zh")  # what the envs step: the mean path's params are not passed at all
+    assert "mean_kernel" not in core.mdnrnn_params["params"]["cell"]["lstm"]
+    np.testing.assert_array_equal(wm.step(core, state, actions(), jax.random.key(1))[2], reward)

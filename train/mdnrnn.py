@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from dreamenv.atomic import atomic_write_bytes
 from dreamenv.checkpoint import Bundle, load_bundle, module_config, save_bundle
-from dreamenv.mdnrnn import MDNRNN
+from dreamenv.mdnrnn import MEAN_PATH, MDNRNN
 from train.latents import LatentSet, vae_fingerprint
 from train.mdnrnn_loss import evaluate, gather_windows, sample_windows, window_loss
 from train.split import split_rollouts
@@ -38,7 +38,6 @@ from train.trainstate import TrainCheckpoint
 from train.vae_run import load_vae_config, load_vae_run
 
 LOG_EVERY = 50  # steps between loss checks (a host sync) and progress updates
-MEAN_PATH = ("mean_kernel", "mean_bias")  # the LSTM's and the head's params for encoder-mean inputs (sample_flag)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
