@@ -113,5 +113,7 @@ def test_pipeline_builds_a_loadable_bundle_and_reruns_as_a_no_op(tmp_path):
     assert ship.main(["--run", str(again), "--iteration", "final", "--dest", str(dest), "--card", str(card),
                       "--eval-frames", "16", "--strip-steps", "30"]) == 0
     text = card.read_text()
+    assert record["base"]["bundle"] == str(source) and record["base"]["metadata"]["iteration"] == 1
+    assert "(built by `python -m train.pipeline --quick" in text and "(`--base-agent`) drove 1 new real" in text
     assert f"Base model: `{source}`" in text and "the base model's (`--base`) MDN-RNN given the sample flag" in text
     assert "| final | 4 |" in text and "--base-agent" in text and record["base_agent"] == str(driver)

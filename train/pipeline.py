@@ -142,7 +142,8 @@ def main(argv=None) -> int:
     spent = json.loads(path.read_text())["stage_seconds"] if path.is_file() else {}
     record = {"command": " ".join(["python -m train.pipeline", *(argv if argv is not None else sys.argv[1:])]),
               "settings": s, "seed": args.seed, "git_commit": git_commit(), "stage_seconds": spent,
-              **({"base": str(args.base), "base_agent": args.base_agent and str(args.base_agent)} if args.base else {})}
+              **({"base": {"bundle": str(args.base)}, "base_agent": args.base_agent and str(args.base_agent)}
+                 if args.base else {})}
     for name, run, stage_argv in stages(args, s):
         print(f"== {name}: python -m {getattr(run, 'module', run.__module__)} {' '.join(stage_argv)}", flush=True)
         t0 = time.time()
@@ -154,6 +155,8 @@ def main(argv=None) -> int:
             print(f"train/pipeline.py: stage {name} failed (exit {code}); rerun to resume", file=sys.stderr)
             return code
     record["data"] = data_size(args.out / "rollouts")
+    if args.base:  # what the run started from: the base's path and its own metadata (how it was built)
+        record["base"] = load_bundle(args.out / "bundle").metadata["base"]
     if args.iterations:
         record["iterations"] = iterate.records(args.out, args.iterations)
         print(iterate.table(record["iterations"]))

@@ -138,7 +138,7 @@ def vae_seen(vae_info: dict) -> str:
 
 def base_lines(meta: dict, vae_info: dict) -> str:
     """The card's lines on the base model a `train.pipeline --base` run started from (train/adopt.py)."""
-    base = meta.get("base", {}).get("metadata", {})
+    base = meta.get("pipeline", {}).get("base", {}).get("metadata", {})
     built = base.get("pipeline", {})
     rounds = {r["iteration"]: r for r in built.get("iterations", [])}
     agent = rounds.get(base.get("iteration"))
@@ -174,11 +174,15 @@ def card(run: Path, bundle: Bundle, table: dict, dtype: str, size_mb: float) -> 
     started = "the base model's (`--base`)" if vae_info.get("adopted_from") and source == 0 else f"iteration {source}'s"
     which = (f"this is {started} MDN-RNN given the sample flag, trained on all\n  the data "
              f"(`--final-from {source}`, row \"final\")" if final else f"this is the model of\n  iteration {iteration}")
-    iterations = f"""- Iterative training (the paper's procedure, `train.pipeline --iterations`): {which}. Each iteration, the previous model's dream-trained PPO agent drove
-  {pipeline.get("settings", {}).get("iter_episodes")} new real rollouts (with perturbed segments as
+    episodes = pipeline.get("settings", {}).get("iter_episodes")
+    how = (f"""The base model's dream-trained agent (`--base-agent`) drove {episodes} new real rollouts through it (with
+  perturbed segments as exploration); then a fresh agent trained in the final dream was scored on the real game:
+""" if pipeline.get("base_agent") else f"""Each iteration, the previous model's dream-trained PPO agent drove
+  {episodes} new real rollouts (with perturbed segments as
   exploration) and the MDN-RNN was fine-tuned on all the data; then a fresh agent trained in the new
   dream was scored on the real game:
-
+""")
+    iterations = f"""- Iterative training (the paper's procedure, `train.pipeline --iterations`): {which}. {how}
 | iteration | rollouts | agent's dream return | agent's real return (episodes) |
 |---|---|---|---|
 {history}
