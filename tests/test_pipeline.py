@@ -63,7 +63,8 @@ def test_pipeline_builds_a_loadable_bundle_and_reruns_as_a_no_op(tmp_path):
     for png in ("recon.png", "dream.png"):
         assert (card.parent / "card" / png).read_bytes()[:4] == b"\x89PNG"
     strip = imageio.imread(card.parent / "card" / "dream.png")[..., :3] / 255.0
-    dreamed = strip[strip.shape[0] // 2 + 4 : -4]  # the bottom row: decoded frames, not saturated ones
+    assert strip.shape[0] == 4 * 2 * 66  # the real row and 3 dreams, 64-pixel frames padded by 1, shown 2x
+    dreamed = strip[strip.shape[0] // 4 + 4 : -4]  # the dreams' rows: decoded frames, not saturated ones
     assert np.mean((dreamed > 0.05) & (dreamed < 0.95)) > 0.3
 
     # the sample-flag fine-tune of iteration 1, its agent, and shipping it

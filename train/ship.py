@@ -66,6 +66,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tolerance", type=float, default=0.01, help="relative metric change float16 may make")
     p.add_argument("--eval-frames", type=int, default=2048, help="held-out frames for the VAE MSE")
     p.add_argument("--strip-steps", type=int, default=300, help="dreamed steps in the strip")
+    p.add_argument("--strip-dreams", type=int, default=3, help="dreams (rows) in the strip")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -98,21 +99,23 @@ def metrics(bundle: Bundle, run: Path, frames: np.ndarray) -> dict:
     return result
 
 
-def dream_strip(bundle: Bundle, shard: Path, steps: int, seed: int, every: int = 25) -> bytes:
-    """PNG: real frames (top) and the dream from the same first frame under the same actions at
-    τ = 1 (bottom), every `every` steps from 0 to `steps`."""
+def dream_strip(bundle: Bundle, shard: Path, steps: int, seed: int, dreams: int = 3, every: int = 25) -> bytes:
+    """PNG: real frames (top) and `dreams` dreams (one row each, keys from `seed`) from the same
+    first frame under the same actions at τ = 1, every `every` steps from 0 to `steps`."""
     model = wm.WorldModel.from_bundle(bundle)
     data = load_shard(shard)
     steps = min(steps, len(data["action"]) - 1)
-    z = wm.encode(model, jnp.asarray(data["obs"][:1]))  # [1, D]
-    state = wm.DreamState(z=z, carry=model.mdnrnn.initial_carry(1), t=jnp.zeros(1, jnp.int32))
+    z = jnp.repeat(wm.encode(model, jnp.asarray(data["obs"][:1])), dreams, axis=0)  # [dreams, D]
+    state = wm.DreamState(z=z, carry=model.mdnrnn.initial_carry(dreams), t=jnp.zeros(dreams, jnp.int32))
     dreamed = [z]
     for t, key in enumerate(jax.random.split(jax.random.key(seed), steps)):
-        state, z, _, _ = wm.step(model, state, jnp.asarray(data["action"][t : t + 1]), key, 1.0, obs="z")
+        action = jnp.repeat(jnp.asarray(data["action"][t : t + 1]), dreams, axis=0)
+        state, z, _, _ = wm.step(model, state, action, key, 1.0, obs="z")
         dreamed.append(z)
     shown = np.arange(0, steps + 1, every)
-    frames = np.asarray(wm.decode(model, jnp.concatenate([dreamed[t] for t in shown])))
-    return recon_png(data["obs"][shown], to_float(frames))  # decode gives uint8; the grid takes [0, 1]
+    zs = jnp.stack([dreamed[t] for t in shown], axis=1)  # [dreams, shown, D]
+    frames = np.asarray(wm.decode(model, zs.reshape(-1, zs.shape[-1]))).reshape(dreams, len(shown), 64, 64, 3)
+    return recon_png(data["obs"][shown], *map(to_float, frames))  # decode gives uint8; the grid takes [0, 1]
 
 
 def flag_note(bundle: Bundle, mdn_args: dict) -> str:
@@ -235,8 +238,8 @@ Held-out frames (top) and their reconstructions (bottom):
 
 ![reconstructions](card/recon.png)
 
-A dream from a held-out rollout's first frame under its real actions at τ = 1, every 25 steps
-(top: the real game; bottom: the dream):
+Three dreams from a held-out rollout's first frame under its real actions at τ = 1, every 25 steps
+(top: the real game; below: the dreams, one a row, not picked):
 
 ![dream strip](card/dream.png)
 
@@ -283,7 +286,8 @@ def main(argv=None) -> int:
     (args.card.parent / "card").mkdir(parents=True, exist_ok=True)
     shutil.copyfile(args.run / "vae" / "recon.png", args.card.parent / "card" / "recon.png")
     atomic_write_bytes(args.card.parent / "card" / "dream.png",
-                       dream_strip(load_bundle(args.dest), held_paths[0], args.strip_steps, args.seed))
+                       dream_strip(load_bundle(args.dest), held_paths[0], args.strip_steps, args.seed,
+                                   args.strip_dreams))
     atomic_write_bytes(args.card, card(args.run, bundle, table, dtype, size_mb).encode())
     print(json.dumps({"dtype": dtype, "size_mb": round(size_mb, 2), **table}, indent=1))
     return 0

@@ -184,14 +184,14 @@ def make_evaluate(model: VAE, batch_size: int = 256, shown: int = 8):
     return evaluate
 
 
-def recon_png(frames: np.ndarray, recon: np.ndarray) -> bytes:
-    """PNG bytes: held-out frames (uint8 [N, 64, 64, 3]) above their reconstructions ([0, 1])."""
+def recon_png(frames: np.ndarray, *recons: np.ndarray) -> bytes:
+    """PNG bytes: held-out frames (uint8 [N, 64, 64, 3]) above one row per reconstruction ([0, 1])."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [to_float(frames), np.clip(recon, 0.0, 1.0)]
+    rows = [to_float(frames), *(np.clip(r, 0.0, 1.0) for r in recons)]
     pad = lambda x: np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=1.0)
     grid = np.concatenate([np.concatenate(list(pad(r)), axis=1) for r in rows], axis=0)
     buf = io.BytesIO()
