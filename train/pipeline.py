@@ -54,7 +54,7 @@ PRESETS = {
                   final_mdn_steps=100),
     "full": dict(episodes=240, perturbed_episodes=120, max_steps=1000, vae_steps=6000, vae_batch=64,
                  mdn_steps=20_000, seq_len=32, iter_episodes=100, iter_mdn_steps=4000, agent_timesteps=262_144,
-                 eval_episodes=100, final_mdn_steps=16_000),
+                 eval_episodes=100, final_mdn_steps=8000),
 }
 ITER_LR = 3e-4  # fine-tuning starts from a trained model: lower than training's 1e-3
 

@@ -153,7 +153,7 @@ def base_lines(meta: dict, vae_info: dict) -> str:
             f"  held-out MSE/pixel on this run's held-out frames {vae_info['history'][-1]['heldout_mse_per_pixel']:.5f}.")
 
 
-def card(run: Path, bundle: Bundle, table: dict, dtype: str, size_mb: float) -> str:
+def card(run: Path, bundle: Bundle, table: dict, dtype: str, size_mb: float, dreams: int = 3) -> str:
     """The model card's markdown, from the run's records and the measured table."""
     meta = bundle.metadata
     pipeline = meta.get("pipeline", {})
@@ -238,7 +238,7 @@ Held-out frames (top) and their reconstructions (bottom):
 
 ![reconstructions](card/recon.png)
 
-Three dreams from a held-out rollout's first frame under its real actions at τ = 1, every 25 steps
+{dreams} dream{'s' if dreams > 1 else ''} from a held-out rollout's first frame under its real actions at τ = 1, every 25 steps
 (top: the real game; below: the dreams, one a row, not picked):
 
 ![dream strip](card/dream.png)
@@ -288,7 +288,7 @@ def main(argv=None) -> int:
     atomic_write_bytes(args.card.parent / "card" / "dream.png",
                        dream_strip(load_bundle(args.dest), held_paths[0], args.strip_steps, args.seed,
                                    args.strip_dreams))
-    atomic_write_bytes(args.card, card(args.run, bundle, table, dtype, size_mb).encode())
+    atomic_write_bytes(args.card, card(args.run, bundle, table, dtype, size_mb, args.strip_dreams).encode())
     print(json.dumps({"dtype": dtype, "size_mb": round(size_mb, 2), **table}, indent=1))
     return 0
 
