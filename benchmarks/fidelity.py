@@ -1,8 +1,10 @@
 """Does the dream follow the real world? Open-loop fidelity of a world model on real rollouts.
 
-`python -m benchmarks.fidelity` picks N start points spread over real rollouts (deterministic
-given --seed), warms the MDN-RNN up teacher-forced from the episode start, then feeds it the real
-actions open-loop for H steps (benchmarks/open_loop.py) and compares, at every horizon h:
+`python -m benchmarks.fidelity` encodes every rollout of --shards, runs the MDN-RNN over them
+teacher-forced (the per-step metrics below cover every step of every rollout, short ones and their
+terminations included), picks N start points spread over the rollouts long enough for the horizon
+(deterministic given --seed), and from the warmed-up state at each feeds it the real actions
+open-loop for H steps (benchmarks/open_loop.py). It compares, at every horizon h:
   latents  MSE to the real encoded z_{s+h} of the mixture-mean dream, of sampled dreams at τ, of
            the teacher-forced 1-step prediction, and of two baselines: persistence (z_s) and the
            mean latent of the evaluated rollouts; NLL of the real z_{s+h}, teacher-forced and open-loop;

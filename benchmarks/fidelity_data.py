@@ -26,7 +26,7 @@ CHUNK = 64  # frames per encode / decode / image-metric call
 
 @dataclasses.dataclass
 class RealSet:
-    """R rollouts (zero-padded to the longest) and N start points in them."""
+    """R rollouts (every selected shard, zero-padded to the longest) and N start points in them."""
 
     files: list[str]  # [R] shard file names
     z: np.ndarray  # [R, T, D] encoded latents (the VAE mean)
@@ -118,7 +118,8 @@ def chunked(fn, *arrays):
 
 
 def load_real(model, paths, horizon, starts, seed, frame_horizons, video_starts) -> RealSet:
-    """Choose the starts, load and encode their rollouts, keep the frames to compare."""
+    """Encode every rollout (the per-step metrics cover all of them, short ones and their
+    terminations included), choose the starts among those long enough, keep the frames to compare."""
     lengths = [shard_length(p) for p in paths]
     chosen = choose_starts(lengths, horizon, starts, seed)
     if chosen is None:
@@ -128,21 +129,22 @@ def load_real(model, paths, horizon, starts, seed, frame_horizons, video_starts)
             f"{len(paths)} shards is {paths[longest]} with {lengths[longest]}"
         )
     used, start_rollout, start_t = chosen
+    start_rollout = used[start_rollout]  # [N]: into all the rollouts
     size = model.frames.size
     if FRAME_SHAPE != (size, size, 3):
         raise ValueError(f"shards hold {FRAME_SHAPE} frames; the model's VAE takes {size}x{size}x3")
-    tmax, d = max(lengths[i] for i in used), model.latent_dim
-    z = np.zeros((len(used), tmax, d), np.float32)
-    action = np.zeros((len(used), tmax, 3), np.float32)
-    reward = np.zeros((len(used), tmax), np.float32)
-    terminated = np.zeros((len(used), tmax), bool)
+    tmax, d = max(lengths), model.latent_dim
+    z = np.zeros((len(paths), tmax, d), np.float32)
+    action = np.zeros((len(paths), tmax, 3), np.float32)
+    reward = np.zeros((len(paths), tmax), np.float32)
+    terminated = np.zeros((len(paths), tmax), bool)
     grid = np.asarray(frame_horizons)
-    video = [int(np.flatnonzero(start_rollout == r)[0]) for r in range(min(video_starts, len(used)))]
+    video = [int(np.flatnonzero(start_rollout == r)[0]) for r in used[:video_starts]]  # one per rollout
     frames_grid = np.zeros((len(start_t), len(grid), *FRAME_SHAPE), np.uint8)
     frames_video = np.zeros((len(video), horizon + 1, *FRAME_SHAPE), np.uint8)
-    for r, i in enumerate(used):
-        shard = load_shard(paths[i])
-        n = lengths[i]
+    for r, path in enumerate(paths):
+        shard = load_shard(path)
+        n = lengths[r]
         z[r, :n] = chunked(partial(wm.encode, model), shard["obs"])
         action[r, :n], reward[r, :n], terminated[r, :n] = shard["action"], shard["reward"], shard["terminated"]
         for j in np.flatnonzero(start_rollout == r):
@@ -151,12 +153,12 @@ def load_real(model, paths, horizon, starts, seed, frame_horizons, video_starts)
             if j in video:
                 frames_video[video.index(j)] = shard["obs"][s : s + horizon + 1]
     return RealSet(
-        files=[paths[i].name for i in used],
+        files=[path.name for path in paths],
         z=z,
         action=action,
         reward=reward,
         terminated=terminated,
-        length=np.array([lengths[i] for i in used]),
+        length=np.array(lengths),
         start_rollout=start_rollout,
         start_t=start_t,
         frames_grid=frames_grid,

@@ -123,6 +123,17 @@ def test_starts_are_deterministic_spread_and_fit_the_horizon():
     assert all(s + 10 <= lengths[used[r]] - 1 for r, s in zip(rollout, t))
 
 
+def test_rollouts_too_short_for_a_start_still_count_in_the_per_step_metrics(tmp_path, bundle_path):
+    # rollout 0 (5 steps, terminated) cannot hold a 6-step window; its steps and its end still count
+    folder = write_shards(tmp_path / "mixed", lengths=(5, 12, 12))
+    result = run(bundle_path, folder, out=tmp_path / "o", smoke=True)
+    assert result["data"]["rollouts"] == ["rollout_000000.npz", "rollout_000001.npz", "rollout_000002.npz"]
+    assert result["data"]["steps_encoded"] == 29 == result["done"]["steps"]
+    assert result["done"]["terminal_steps"] == 1
+    assert result["latent"]["one_step_every_step"]["steps"] == 26
+    assert all(name != "rollout_000000.npz" for name, _ in result["data"]["starts"])
+
+
 def test_bad_input_is_named(tmp_path, bundle_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="empty"):
