@@ -11,7 +11,9 @@ open-loop for H steps (benchmarks/open_loop.py). It compares, at every horizon h
   frames   decoded-frame MSE, PSNR and SSIM against the real frame (and the VAE's reconstruction,
            the floor any dream has);
   reward   predicted vs actual reward summed over each window, per-step correlation;
-  done     reliability of P(done) (teacher-forced, every step of the rollouts) and AUC.
+  done     reliability of P(done) (teacher-forced, every step of the rollouts), AUC, and the
+           terminal steps where P(done) > 0.5 (the env's rule) would end the episode;
+  by policy  the teacher-forced per-step metrics over each driving policy's rollouts (shard meta).
 Prints tables, writes OUT/fidelity.json (the data of every figure), PNG plots and a GIF
 (real | dream, same start, same actions).
 """
@@ -94,15 +96,32 @@ def latent_metrics(real, tf, mean, sampled, target, z_s, idx) -> dict:
     }
 
 
-def _one_step(real, tf) -> dict:
-    """Teacher-forced 1-step MSE and NLL over every step of the rollouts, and persistence's MSE."""
-    has_next = real.valid[:, 1:] & real.valid[:, :-1]  # [R, T-1]: z_{t+1} is real
-    nxt = real.z[:, 1:]
-    model = ((tf["pred"][:, :-1] - nxt) ** 2).mean(-1)[has_next].mean()
-    persistence = ((real.z[:, :-1] - nxt) ** 2).mean(-1)[has_next].mean()
+def _one_step(real, tf, rollouts=slice(None)) -> dict:
+    """Teacher-forced 1-step MSE and NLL over every step of the rollouts (or of `rollouts`, an
+    index into them), and persistence's MSE."""
+    has_next = (real.valid[:, 1:] & real.valid[:, :-1])[rollouts]  # [R, T-1]: z_{t+1} is real
+    z, pred, log_prob = real.z[rollouts], tf["pred"][rollouts], tf["log_prob"][rollouts]
+    nxt = z[:, 1:]
+    model = ((pred[:, :-1] - nxt) ** 2).mean(-1)[has_next].mean()
+    persistence = ((z[:, :-1] - nxt) ** 2).mean(-1)[has_next].mean()
     return {"steps": int(has_next.sum()), "mse": model, "mse_persistence": persistence,
             "mse_ratio_to_persistence": model / persistence if persistence > 0 else None,
-            "nll": -tf["log_prob"][:, :-1][has_next].mean()}
+            "nll": -log_prob[:, :-1][has_next].mean()}
+
+
+def by_policy(real, tf) -> dict:
+    """The teacher-forced per-step metrics over the rollouts of each policy that drove them."""
+    out = {}
+    for name in sorted(set(real.policies)):
+        rows = np.array([i for i, p in enumerate(real.policies) if p == name])
+        valid = real.valid[rows]
+        one = _one_step(real, tf, rows)
+        out[name] = {"rollouts": len(rows), "steps": int(valid.sum()),
+                     "mse_ratio_to_persistence": one["mse_ratio_to_persistence"],
+                     "reward_step_corr": _corr(tf["reward"][rows][valid], real.reward[rows][valid]),
+                     "terminal_steps": int(real.terminated[rows][valid].sum()),
+                     "done_auc": auc(tf["done_logit"][rows][valid], real.terminated[rows][valid])}
+    return out
 
 
 def reward_metrics(real, tf, mean, sampled, idx) -> dict:
@@ -148,6 +167,8 @@ def done_metrics(real, tf, mean, sampled) -> dict:
     return {
         "steps": int(len(y)),
         "terminal_steps": terminal,
+        "terminal_steps_predicted": int((p[y] > 0.5).sum()),  # where the env's P(done) > 0.5 would end it
+        "false_terminations": int((p[~y] > 0.5).sum()),
         "auc": auc(p, y),
         "brier": np.mean((p - y) ** 2),
         "reliability": reliability,
@@ -233,6 +254,7 @@ def run(
         "frames": frames,
         "reward": reward_metrics(real, tf, mean, sampled, idx),
         "done": done_metrics(real, tf, mean, sampled),
+        "by_policy": by_policy(real, tf),
     }
     ratio = result["latent"]["mse_ratio_to_persistence"]
     result["headline"] = {f"h{h}": {k: v[h - 1] for k, v in ratio.items()} for h in HEADLINE if h <= horizon}

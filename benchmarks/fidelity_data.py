@@ -19,6 +19,7 @@ import numpy as np
 
 from dreamenv import world_model as wm
 from dreamenv.shards import FRAME_SHAPE, ShardError, list_shards, load_shard
+from train.policies import episode_policy
 from train.split import split_rollouts
 
 CHUNK = 64  # frames per encode / decode / image-metric call
@@ -29,6 +30,7 @@ class RealSet:
     """R rollouts (every selected shard, zero-padded to the longest) and N start points in them."""
 
     files: list[str]  # [R] shard file names
+    policies: list[str]  # [R] the policy that drove each (train.policies.episode_policy)
     z: np.ndarray  # [R, T, D] encoded latents (the VAE mean)
     action: np.ndarray  # [R, T, 3]
     reward: np.ndarray  # [R, T]
@@ -142,8 +144,10 @@ def load_real(model, paths, horizon, starts, seed, frame_horizons, video_starts)
     video = [int(np.flatnonzero(start_rollout == r)[0]) for r in used[:video_starts]]  # one per rollout
     frames_grid = np.zeros((len(start_t), len(grid), *FRAME_SHAPE), np.uint8)
     frames_video = np.zeros((len(video), horizon + 1, *FRAME_SHAPE), np.uint8)
+    policies = []
     for r, path in enumerate(paths):
         shard = load_shard(path)
+        policies.append(episode_policy(shard["meta"]))
         n = lengths[r]
         z[r, :n] = chunked(partial(wm.encode, model), shard["obs"])
         action[r, :n], reward[r, :n], terminated[r, :n] = shard["action"], shard["reward"], shard["terminated"]
@@ -154,6 +158,7 @@ def load_real(model, paths, horizon, starts, seed, frame_horizons, video_starts)
                 frames_video[video.index(j)] = shard["obs"][s : s + horizon + 1]
     return RealSet(
         files=[path.name for path in paths],
+        policies=policies,
         z=z,
         action=action,
         reward=reward,

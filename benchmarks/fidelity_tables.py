@@ -35,7 +35,8 @@ def markdown(result: dict) -> str:
     rate = dn["open_loop_termination_rate"]
     done = (
         f"Done head: {dn['terminal_steps']} terminal of {dn['steps']} steps (teacher-forced), AUC "
-        f"{_fmt(dn['auc'], '.3f')}, Brier {_fmt(dn['brier'], '.4f')}. {dn['note']}\n"
+        f"{_fmt(dn['auc'], '.3f')}, Brier {_fmt(dn['brier'], '.4f')}; P(done) > 0.5 at "
+        f"{dn['terminal_steps_predicted']} of the terminal steps and {dn['false_terminations']} others. {dn['note']}\n"
         f"Open-loop, where no real episode ends: P(done) > 0.5 on {_fmt(rate['mean'], '.3f')} of the mean "
         f"dream's steps, {_fmt(rate['sampled'], '.3f')} of the sampled dreams'.\n\n"
         + _table(["P(done) bin", "steps", "mean predicted", "observed"],
@@ -46,6 +47,10 @@ def markdown(result: dict) -> str:
     one_step = (f"Teacher-forced 1-step over all {one['steps']} steps: MSE {_fmt(one['mse'])}, persistence "
                 f"{_fmt(one['mse_persistence'])} (ratio {_fmt(one['mse_ratio_to_persistence'], '.3f')}), "
                 f"NLL {_fmt(one['nll'], '.2f')} nats.")
+    policy = "Teacher-forced, every step, by the policy that drove the rollouts:\n\n" + _table(
+        ["policy", "rollouts", "steps", "1-step MSE / persistence", "reward step corr", "terminal steps", "done AUC"],
+        [[k, v["rollouts"], v["steps"], _fmt(v["mse_ratio_to_persistence"], ".3f"), _fmt(v["reward_step_corr"], ".3f"),
+          v["terminal_steps"], _fmt(v["done_auc"], ".3f")] for k, v in result["by_policy"].items()])
     return "\n\n".join([f"Latent error by horizon (MSE per dim, {result['settings']['starts']} starts):\n\n{latent}",
-                        one_step,
+                        one_step, policy,
                         *frames, reward, done])

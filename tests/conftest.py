@@ -34,8 +34,8 @@ def with_random_mean_path(params, seed=1):
     return {"params": {**params["params"], "cell": cell}}
 
 
-def write_shards(folder, lengths=(12, 12, 12), seed=0, terminal=True):
-    """Random-frame shards; the first one ends terminated (when `terminal`)."""
+def write_shards(folder, lengths=(12, 12, 12), seed=0, terminal=True, policies=None):
+    """Random-frame shards; the first one ends terminated (when `terminal`); `policies` [R] go in the meta."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     for i, n in enumerate(lengths):
@@ -47,7 +47,7 @@ def write_shards(folder, lengths=(12, 12, 12), seed=0, terminal=True):
             "truncated": np.zeros(n, bool),
         }
         episode["terminated" if terminal and i == 0 else "truncated"][-1] = True
-        write_shard(folder / shard_name(i), episode, {"episode": i})
+        write_shard(folder / shard_name(i), episode, {"episode": i, **({"policy": policies[i]} if policies else {})})
     return folder
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from dreamenv.shards import FIELDS, ShardError, list_shards, load_shard, read_manifest, shard_name, write_shard
 from train.collect import CollectConfig, collect, main, make_env, rollout
-from train.policies import POLICIES, AgentPolicy, CallablePolicy, make_policy
+from train.policies import POLICIES, AgentPolicy, CallablePolicy, episode_policy, make_policy
 
 STEPS = 50
 KILL_MARKER = "DREAMENV_TEST_KILL_MARKER"
@@ -233,3 +233,10 @@ def test_agent_policy_flags_are_checked(controller_file, tmp_path):
         main(["--policy", str(tmp_path / "missing.zip"), "--out", str(tmp_path)])
     with pytest.raises(SystemExit):
         main(["--policy", "ou", "--model", str(controller_file), "--out", str(tmp_path)])
+
+
+def test_episode_policy_names_the_driver_of_an_episode():
+    assert episode_policy({"policy": "mix", "params": {"choice": "track", "noise": 0.1}}) == "track"
+    assert episode_policy({"policy": "runs/it1/agent.zip", "params": {"perturbed_share": 0.2}}) == "agent"
+    assert episode_policy({"policy": "ou", "params": {"theta": 0.1}}) == "ou"
+    assert episode_policy({"episode": 3}) == "unknown"

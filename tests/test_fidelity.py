@@ -125,13 +125,20 @@ def test_starts_are_deterministic_spread_and_fit_the_horizon():
 
 def test_rollouts_too_short_for_a_start_still_count_in_the_per_step_metrics(tmp_path, bundle_path):
     # rollout 0 (5 steps, terminated) cannot hold a 6-step window; its steps and its end still count
-    folder = write_shards(tmp_path / "mixed", lengths=(5, 12, 12))
+    folder = write_shards(tmp_path / "mixed", lengths=(5, 12, 12), policies=("ou", "agents/a.zip", "ou"))
     result = run(bundle_path, folder, out=tmp_path / "o", smoke=True)
     assert result["data"]["rollouts"] == ["rollout_000000.npz", "rollout_000001.npz", "rollout_000002.npz"]
     assert result["data"]["steps_encoded"] == 29 == result["done"]["steps"]
     assert result["done"]["terminal_steps"] == 1
     assert result["latent"]["one_step_every_step"]["steps"] == 26
     assert all(name != "rollout_000000.npz" for name, _ in result["data"]["starts"])
+    done = result["done"]
+    assert done["terminal_steps_predicted"] + done["false_terminations"] == sum(
+        b["count"] for b in done["reliability"] if b["lo"] >= 0.5)
+    ou, agent = result["by_policy"]["ou"], result["by_policy"]["agent"]
+    assert set(result["by_policy"]) == {"ou", "agent"}
+    assert (ou["rollouts"], ou["steps"], ou["terminal_steps"], agent["steps"], agent["terminal_steps"]) == (2, 17, 1, 12, 0)
+    assert agent["done_auc"] is None and 0.0 <= ou["done_auc"] <= 1.0
 
 
 def test_bad_input_is_named(tmp_path, bundle_path):

@@ -95,17 +95,19 @@ def test_pipeline_builds_a_loadable_bundle_and_reruns_as_a_no_op(tmp_path):
         pipeline.main([*args, "--base-agent", str(driver)])
     with pytest.raises(SystemExit, match="use it with --iterations 0"):
         pipeline.main([*args, "--base", str(source), "--base-agent", str(driver), "--iterations", "1"])
-    assert pipeline.main([*args, "--base", str(source), "--base-agent", str(driver), "--final-from", "0"]) == 0
+    assert pipeline.main([*args, "--base", str(source), "--base-agent", str(driver), "--final-from", "0",
+                          "--final-rollouts", "1", "--final-policy", "ou"]) == 0
     record = json.loads((again / "pipeline.json").read_text())
     assert set(record["stage_seconds"]) == {"collect", "collect-perturbed", "base", "base-collect", "encode",
-                                            "final-mdnrnn", "final-agent"}
-    last = json.loads((again / "rollouts" / "manifest.json").read_text())["shards"][-1]
-    assert (last["episode"], last["policy"], last["model"]) == (3, str(driver), str(source))
+                                            "final-collect", "final-encode", "final-mdnrnn", "final-agent"}
+    driven, wandered = json.loads((again / "rollouts" / "manifest.json").read_text())["shards"][-2:]
+    assert (driven["episode"], driven["policy"], driven["model"]) == (3, str(driver), str(source))
+    assert (wandered["episode"], wandered["policy"]) == (4, "ou")  # for the final model alone, numbered last
     base = load_bundle(again / "bundle")
     assert base.metadata["base"]["bundle"] == str(source) and base.metadata["base"]["metadata"]["iteration"] == 1
     final = load_bundle(again / "final" / "bundle")
     assert final.mdnrnn.sample_flag and final.metadata["mdnrnn_args"]["init"] == str(again / "bundle")
-    assert final.metadata["train_rollouts"] + final.metadata["heldout_rollouts"] == 4
+    assert final.metadata["train_rollouts"] + final.metadata["heldout_rollouts"] == 5
     for got, want in zip(jax.tree_util.tree_leaves(final.vae_params), jax.tree_util.tree_leaves(load_bundle(source).vae_params)):
         np.testing.assert_array_equal(got, want)  # the base's VAE, not retrained
     stamp = (again / "bundle" / "params.msgpack").stat().st_mtime_ns
@@ -117,4 +119,5 @@ def test_pipeline_builds_a_loadable_bundle_and_reruns_as_a_no_op(tmp_path):
     assert record["base"]["bundle"] == str(source) and record["base"]["metadata"]["iteration"] == 1
     assert "(built by `python -m train.pipeline --quick" in text and "(`--base-agent`) drove 1 new real" in text
     assert f"Base model: `{source}`" in text and "the base model's (`--base`) MDN-RNN given the sample flag" in text
-    assert "| final | 4 |" in text and "--base-agent" in text and record["base_agent"] == str(driver)
+    assert "row \"final\"; the data includes 1 rollout of `ou` collected for it alone, `--final-rollouts`)" in text
+    assert "| final | 5 |" in text and "--base-agent" in text and record["base_agent"] == str(driver)

@@ -17,7 +17,10 @@ each one's real and dream scores. `--policy` picks the base data's policy: the d
 the perturbed track-follower is the practical regime (privileged data); `--policy random
 --perturbed-episodes 0` is the non-privileged one (random policies, then the agent's own data).
 `--final-from I` then fine-tunes iteration I's MDN-RNN on all the data with the sample flag into
-DIR/final/bundle and scores an agent trained in its dream (train/iterate.py `final_stages`).
+DIR/final/bundle and scores an agent trained in its dream (train/iterate.py `final_stages`); first
+it collects --final-rollouts more rollouts of --final-policy for it (stage "final-collect", default
+160 of `ou`: wandering off the road, where the data is thinnest and most episodes that leave the
+playfield end).
 
 `--base BUNDLE` starts from a trained model instead of training one: BUNDLE's VAE is the run's and
 BUNDLE is its iteration 0 (train/adopt.py, stage "base", in place of "vae" and "mdnrnn");
@@ -51,10 +54,10 @@ from train import adopt, collect, encode, iterate, mdnrnn, vae
 PRESETS = {
     "quick": dict(episodes=4, perturbed_episodes=2, max_steps=200, vae_steps=300, vae_batch=32, mdn_steps=300,
                   seq_len=16, iter_episodes=2, iter_mdn_steps=100, agent_timesteps=8192, eval_episodes=2,
-                  final_mdn_steps=100),
+                  final_mdn_steps=100, final_rollouts=0),
     "full": dict(episodes=240, perturbed_episodes=120, max_steps=1000, vae_steps=6000, vae_batch=64,
                  mdn_steps=20_000, seq_len=32, iter_episodes=100, iter_mdn_steps=4000, agent_timesteps=262_144,
-                 eval_episodes=100, final_mdn_steps=8000),
+                 eval_episodes=100, final_mdn_steps=8000, final_rollouts=160),
 }
 ITER_LR = 3e-4  # fine-tuning starts from a trained model: lower than training's 1e-3
 
@@ -72,6 +75,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="fine-tune this iteration's MDN-RNN with the sample flag into DIR/final (0..--iterations)")
     p.add_argument("--base", type=Path, default=None,
                    help="start from this trained bundle (its VAE and MDN-RNN; nothing retrained) instead of training one")
+    p.add_argument("--final-policy", default="ou",
+                   help="the policy of the --final-rollouts rollouts collected for the final model alone")
     p.add_argument("--base-agent", type=Path, default=None,
                    help="with --base: its dream-trained agent, which collects --iter-episodes real rollouts through it")
     for name in PRESETS["full"]:
@@ -82,7 +87,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def settings(args) -> dict:
     preset = dict(PRESETS["quick" if args.quick else "full"])
     preset.update({k: getattr(args, k) for k in preset if getattr(args, k) is not None})
-    return {**preset, "policy": args.policy, "iter_lr": ITER_LR}
+    return {**preset, "policy": args.policy, "final_policy": args.final_policy, "iter_lr": ITER_LR}
 
 
 def git_commit() -> str:
@@ -119,8 +124,20 @@ def stages(args, s: dict) -> list[tuple[str, callable, list[str]]]:
                                  "--out", str(out / "latents")]),
         *([] if args.base else train_mdnrnn),
         *(iterate.stages(out, s, args.iterations, args.seed, workers) if args.iterations else []),
+        *(final_data(args, s, common) if args.final_from is not None and s["final_rollouts"] else []),
         *(iterate.final_stages(out, s, args.final_from, args.seed) if args.final_from is not None else []),
     ]
+
+
+def final_data(args, s: dict, common: list[str]) -> list[tuple]:
+    """--final-rollouts rollouts of --final-policy for the final model alone (numbered after every
+    other collection, so earlier models' data stays the first rollouts), and their encoding."""
+    collected = max(args.iterations, 1 if args.base_agent else 0)  # rounds that collected before
+    first = iterate.first_episode(s, collected + 1)
+    return [("final-collect", collect.main, ["--policy", s["final_policy"], "--episodes", str(s["final_rollouts"]),
+                                             "--first-episode", str(first), *common]),
+            ("final-encode", encode.main, ["--data", str(args.out / "rollouts"), "--vae", str(args.out / "vae"),
+                                           "--out", str(args.out / "latents")])]
 
 
 def data_size(rollouts: Path) -> dict:

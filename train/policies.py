@@ -347,6 +347,15 @@ POLICIES: dict[str, type[Policy]] = {
 AGENT_SUFFIXES = (".zip", ".npz")
 
 
+def episode_policy(meta: dict) -> str:
+    """The policy that drove an episode, from its shard meta (or manifest entry): the one `mix` drew,
+    "agent" for an agent file, else the policy's name."""
+    policy = str(meta.get("policy", "unknown"))
+    if policy.endswith(AGENT_SUFFIXES):
+        return "agent"
+    return str((meta.get("params") or {}).get("choice", policy))
+
+
 def make_policy(spec: str, model=None) -> Policy:
     """A registry name (see POLICIES), an agent file (.zip / .npz, reading through bundle `model`,
     default the shipped one), or 'package.module:factory' for any obs -> action callable."""

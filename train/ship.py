@@ -28,9 +28,9 @@ from dreamenv.frames import to_float
 from dreamenv.shards import list_shards, load_shard
 from train.iterate import bundle_of
 from train.latents import vae_fingerprint
-from train.policies import AGENT_SUFFIXES
 from train.mdnrnn import load_split
 from train.mdnrnn_loss import evaluate
+from train.policies import episode_policy
 from train.split import split_rollouts
 from train.vae import heldout_frames, make_evaluate, recon_png
 
@@ -165,7 +165,7 @@ def card(run: Path, bundle: Bundle, table: dict, dtype: str, size_mb: float, dre
     frames = sum(s["steps"] for s in manifest)
     choices = {}
     for s in manifest:
-        choice = "agent" if s["policy"].endswith(AGENT_SUFFIXES) else s["params"].get("choice", s["policy"])
+        choice = episode_policy(s)
         choices[choice] = choices.get(choice, 0) + 1
     iteration = meta.get("iteration", 0)
     final = iteration == "final"
@@ -175,8 +175,11 @@ def card(run: Path, bundle: Bundle, table: dict, dtype: str, size_mb: float, dre
     history = "\n".join(f"| {r['iteration']} | {r['rollouts']} | {r['dream']['mean']:.0f} | {r['real']['mean']:.0f} ± "
                         f"{r['real']['std']:.0f} ({r['real']['episodes']}) |" for r in rounds)
     started = "the base model's (`--base`)" if vae_info.get("adopted_from") and source == 0 else f"iteration {source}'s"
+    extra = pipeline.get("settings", {}).get("final_rollouts", 0) if final else 0
+    extra = (f"; the data includes {extra} rollout{'s' * (extra != 1)} of `{pipeline['settings']['final_policy']}` collected for it "
+             f"alone, `--final-rollouts`" if extra else "")
     which = (f"this is {started} MDN-RNN given the sample flag, trained on all\n  the data "
-             f"(`--final-from {source}`, row \"final\")" if final else f"this is the model of\n  iteration {iteration}")
+             f"(`--final-from {source}`, row \"final\"{extra})" if final else f"this is the model of\n  iteration {iteration}")
     episodes = pipeline.get("settings", {}).get("iter_episodes")
     how = (f"""The base model's dream-trained agent (`--base-agent`) drove {episodes} new real rollouts through it (with
   perturbed segments as exploration); then a fresh agent trained in the final dream was scored on the real game:
