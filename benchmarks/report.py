@@ -21,7 +21,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from dreamenv.atomic import atomic_write
 from dreamenv.envs.dream import DEFAULT_MODEL
 from dreamenv.shards import list_shards
 from train.collect import CollectConfig, collect, default_workers
+from train.provenance import git_state
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_AGENT = ROOT / "benchmarks/results/ppo_driver.zip"
@@ -63,7 +63,6 @@ def machine() -> dict:
     """CPU, cores, load, versions and the git commit (with a flag for uncommitted changes)."""
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor() or "unknown")
-    git = lambda *a: subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
@@ -72,8 +71,7 @@ def machine() -> dict:
         "python": platform.python_version(),
         "jax": jax.__version__,
         "jax_devices": [str(d) for d in jax.devices()],
-        "git_commit": git("rev-parse", "HEAD") or "unknown",
-        "git_uncommitted_changes": bool(git("status", "--porcelain", "--untracked-files=no")),
+        **git_state(),
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
 

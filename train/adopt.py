@@ -26,6 +26,7 @@ from dreamenv.checkpoint import load_bundle, save_bundle
 from dreamenv.shards import list_shards
 from train import vae as vae_train
 from train.latents import vae_fingerprint
+from train.provenance import git_state
 from train.split import split_rollouts
 from train.vae_run import save_vae_run
 
@@ -68,7 +69,7 @@ def adopt(source: Path, run: Path, seed: int = 0, eval_frames: int = 1024) -> di
                        json.dumps({**config, "adopted_from": str(source)}, indent=1, sort_keys=True).encode())
     vae_train.write_eval(vae_args.out, info, [{"step": 0, "heldout_mse_per_pixel": mse}], png)
     metadata = {**bundle.metadata, "vae_fingerprint": vae_fingerprint(bundle.vae, bundle.vae_params),
-                "base": {"bundle": str(source), "metadata": bundle.metadata}}
+                "base": {"bundle": str(source), "metadata": bundle.metadata, **git_state()}}  # the code that held it
     save_bundle(run / "bundle", dataclasses.replace(bundle, metadata=metadata))
     return {"heldout_mse_per_pixel": mse, **info}
 

@@ -51,6 +51,7 @@ from dreamenv.atomic import atomic_write, atomic_write_bytes  # noqa: E402
 from dreamenv.envs.dream import DEFAULT_MODEL, check_temperature, load_model  # noqa: E402
 from dreamenv.envs.sb3 import DreamSB3VecEnv  # noqa: E402
 from train.progress_log import read_progress, write_progress  # noqa: E402
+from train.provenance import git_state  # noqa: E402
 from train.evaluate import RealEvaluator, evaluate_dream, record_video, sb3_class, summary  # noqa: E402
 
 ALGOS = {"ppo": PPO, "sac": SAC}
@@ -208,12 +209,11 @@ def run(args) -> dict:
                 return done
         real_scores = real(agent, args.final_episodes, args.seed)
     dream = evaluate_dream(agent, model, args.final_episodes, args.seed, args.temperature, args.max_steps)
-    from train.pipeline import git_commit  # here: the pipeline may import this module
 
     results = {
         "agent": str(agent), "algo": args.algo, "timesteps": state["timesteps"], "wall_s": state["wall_s"],
         "real": summary(real_scores), "dream": summary(dream), "temperature": args.temperature,
-        "envs": args.envs, "bundle": state["bundle"], "git_commit": git_commit(),
+        "envs": args.envs, "bundle": state["bundle"], **git_state(),
         "args": {k: str(v) for k, v in vars(args).items()},
     }
     if args.video:

@@ -38,6 +38,7 @@ from dreamenv import world_model as wm  # noqa: E402
 from dreamenv.atomic import atomic_write, atomic_write_bytes  # noqa: E402
 from dreamenv.envs.dream import DEFAULT_MODEL, check_temperature, load_model, observation_space  # noqa: E402
 from train.progress_log import read_progress, write_progress  # noqa: E402
+from train.provenance import git_state  # noqa: E402
 from train.evaluate import evaluate_dream, evaluate_real, record_video, summary  # noqa: E402
 from train.trainstate import TrainCheckpoint  # noqa: E402
 
@@ -201,7 +202,6 @@ def run(args) -> dict:
     agent = args.out / "controller.npz"
     real = evaluate_real(agent, args.model, args.final_episodes, args.seed, args.workers, args.max_steps)
     dream = evaluate_dream(agent, args.model, args.final_episodes, args.seed, args.temperature, args.steps)
-    from train.pipeline import git_commit  # here: the pipeline may import this module
 
     results = {
         "agent": str(agent), "algo": "cma-es", "generations": trained["generation"],
@@ -210,7 +210,7 @@ def run(args) -> dict:
         "population": args.population, "rollouts": args.rollouts, "dream_steps": args.steps,
         "wall_s": trained["wall_s"], "generations_per_s": trained["generations_per_s"],
         "dream_steps_per_s": trained["dream_steps_per_s"],
-        "bundle": str(args.model or DEFAULT_MODEL), "git_commit": git_commit(),
+        "bundle": str(args.model or DEFAULT_MODEL), **git_state(),
         "args": {k: str(v) for k, v in vars(args).items()},
     }
     if args.video:

@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -50,6 +49,7 @@ from dreamenv.atomic import atomic_write_bytes
 from dreamenv.checkpoint import load_bundle, save_bundle
 from dreamenv.shards import read_manifest
 from train import adopt, collect, encode, iterate, mdnrnn, vae
+from train.provenance import git_state
 
 PRESETS = {
     "quick": dict(episodes=4, perturbed_episodes=2, max_steps=200, vae_steps=300, vae_batch=32, mdn_steps=300,
@@ -88,14 +88,6 @@ def settings(args) -> dict:
     preset = dict(PRESETS["quick" if args.quick else "full"])
     preset.update({k: getattr(args, k) for k in preset if getattr(args, k) is not None})
     return {**preset, "policy": args.policy, "final_policy": args.final_policy, "iter_lr": ITER_LR}
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              check=True, cwd=Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def stages(args, s: dict) -> list[tuple[str, callable, list[str]]]:
@@ -158,7 +150,7 @@ def main(argv=None) -> int:
     path = args.out / "pipeline.json"
     spent = json.loads(path.read_text())["stage_seconds"] if path.is_file() else {}
     record = {"command": " ".join(["python -m train.pipeline", *(argv if argv is not None else sys.argv[1:])]),
-              "settings": s, "seed": args.seed, "git_commit": git_commit(), "stage_seconds": spent,
+              "settings": s, "seed": args.seed, **git_state(), "stage_seconds": spent,
               **({"base": {"bundle": str(args.base)}, "base_agent": args.base_agent and str(args.base_agent)}
                  if args.base else {})}
     for name, run, stage_argv in stages(args, s):

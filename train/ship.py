@@ -139,6 +139,11 @@ def vae_seen(vae_info: dict) -> str:
     return f"the VAE saw the {vae_info['train_rollouts']} training rollouts that\nexisted when it trained"
 
 
+def changed(record: dict) -> str:
+    """" with uncommitted changes" where a record's git state (train.provenance) says so."""
+    return " with uncommitted changes" if record.get("git_uncommitted_changes") else ""
+
+
 def base_lines(meta: dict, vae_info: dict) -> str:
     """The card's lines on the base model a `train.pipeline --base` run started from (train/adopt.py)."""
     base = meta.get("pipeline", {}).get("base", {}).get("metadata", {})
@@ -147,7 +152,9 @@ def base_lines(meta: dict, vae_info: dict) -> str:
     agent = rounds.get(base.get("iteration"))
     scored = (f"; its dream-trained agent scored {agent['real']['mean']:.0f} ± {agent['real']['std']:.0f} over "
               f"{agent['real']['episodes']} real episodes" if agent else "")
-    return (f"- Base model: `{vae_info['adopted_from']}` as it was at git commit `{meta.get('pipeline', {}).get('git_commit')}`"
+    held = meta.get("pipeline", {}).get("base", {})  # the checkout that held the base when it was adopted
+    return (f"- Base model: `{vae_info['adopted_from']}` as it was at git commit `{held.get('git_commit', 'unknown')}`"
+            f"{changed(held)}"
             f"\n  (built by `{built.get('command')}` at commit `{built.get('git_commit')}`, iteration "
             f"{base.get('iteration', 0)}: {base.get('train_rollouts')} training rollouts{scored}). Its VAE is used as is:\n"
             f"  held-out MSE/pixel on this run's held-out frames {vae_info['history'][-1]['heldout_mse_per_pixel']:.5f}.")
@@ -203,7 +210,7 @@ def card(run: Path, bundle: Bundle, table: dict, dtype: str, size_mb: float, dre
 `gym.make("DreamCarRacing-v0")` and `gym.make("LatentCarRacing-v0")` load this bundle
 (`dreamenv/assets/default`, stored as {dtype}, {size_mb:.1f} MB). Rebuild it with
 `{pipeline.get("command", "python -m train.pipeline")}` then `python -m train.ship --run RUN{f" --iteration {iteration}" if iteration else ""}`
-(git commit of the build: `{pipeline.get("git_commit", "unknown")}`).
+(git commit of the build: `{pipeline.get("git_commit", "unknown")}`{changed(pipeline)}).
 
 ## Data
 
