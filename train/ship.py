@@ -262,8 +262,11 @@ Held-out frames (top) and their reconstructions (bottom):
 - Per-step reward is a tile-crossing spike the 64×64 frame barely shows, so the reward head
   predicts its expected rate; returns over many steps are much better predicted than single steps
   (see `python -m benchmarks.fidelity`).
-- Terminations are rare in the data (lap completions, leaving the playfield); the done head has
-  seen few of them.
+- Terminations are rare in the data (lap completions, leaving the playfield). The done head ranks
+  the steps that end an episode above the rest (the AUC of `python -m benchmarks.fidelity`, which
+  also counts where P(done) > 0.5 would end one), but on the dream's own path (flag 1) its P(done)
+  stays far below 0.5: dreamed episodes end at the time limit, and leaving the playfield costs no
+  −100 in the dream.
 - The dream is only as good as the states the data covers; see the fidelity benchmark for
   open-loop error by horizon.
 - Actions are partly confounded with states: most rollouts come from drivers whose actions are
