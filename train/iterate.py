@@ -71,6 +71,11 @@ def collect_stage(out: Path, s: dict, name: str, agent: Path, model: Path, i: in
                                 "--seed", str(seed), "--out", str(out / "rollouts"), *workers]
 
 
+def encode_stage(out: Path, name: str) -> tuple:
+    """Encode the run's rollouts not yet encoded by its VAE (train.encode skips the rest)."""
+    return name, encode.main, ["--data", str(out / "rollouts"), "--vae", str(out / "vae"), "--out", str(out / "latents")]
+
+
 def stages(out: Path, s: dict, iterations: int, seed: int, workers: list[str]) -> list[tuple]:
     """(name, main, argv) of every iteration stage, in order."""
     result = [agent_stage(out, s, 0, seed)]
@@ -78,8 +83,7 @@ def stages(out: Path, s: dict, iterations: int, seed: int, workers: list[str]) -
         here = iteration_dir(out, i)
         result += [
             collect_stage(out, s, f"iter{i}-collect", agent_file(out, i - 1), bundle_of(out, i - 1), i, seed, workers),
-            (f"iter{i}-encode", encode.main,
-             ["--data", str(out / "rollouts"), "--vae", str(out / "vae"), "--out", str(out / "latents")]),
+            encode_stage(out, f"iter{i}-encode"),
             (f"iter{i}-mdnrnn", mdnrnn.main,
              ["--latents", str(out / "latents"), "--vae", str(out / "vae"), "--out", str(here / "mdnrnn"),
               "--bundle", str(bundle_of(out, i)), "--init", str(bundle_of(out, i - 1)),

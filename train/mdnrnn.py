@@ -61,8 +61,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--residual", action=argparse.BooleanOptionalAction, default=False,
                    help="residual component means mu = z_t + Δ (see dreamenv/mdnrnn.py; default: absolute, the paper's)")
     p.add_argument("--sample-flag", action=argparse.BooleanOptionalAction, default=False,
-                   help="tell the model whether z_t is a sample or an encoder mean; half the windows are each "
-                        "(see dreamenv/mdnrnn.py). An --init model without the flag gains it with zero weight")
+                   help="tell the model whether z_t is a sample or an encoder mean; half the windows are each, all "
+                        "means with --freeze-sampled (see dreamenv/mdnrnn.py). An --init model without the flag "
+                        "gains it with zero weight")
     p.add_argument("--freeze-sampled", action="store_true",
                    help="with --sample-flag and --init: train only the mean path, on encoder means; the model "
                         "on samples (the dream) stays the --init one exactly")

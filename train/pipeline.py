@@ -48,7 +48,7 @@ from pathlib import Path
 from dreamenv.atomic import atomic_write_bytes
 from dreamenv.checkpoint import load_bundle, save_bundle
 from dreamenv.shards import read_manifest
-from train import adopt, collect, encode, iterate, mdnrnn, vae
+from train import adopt, collect, iterate, mdnrnn, vae
 from train.provenance import git_state
 
 PRESETS = {
@@ -105,7 +105,6 @@ def stages(args, s: dict) -> list[tuple[str, callable, list[str]]]:
                                              "--steps", str(s["mdn_steps"]), "--seq-len", str(s["seq_len"]),
                                              "--eval-every", str(max(s["mdn_steps"] // 4, 1)),
                                              "--seed", str(args.seed)])]
-    encode_argv = ["--data", str(out / "rollouts"), "--vae", str(out / "vae"), "--out", str(out / "latents")]
     base = [("base", adopt.main, ["--bundle", str(args.base), "--run", str(out), "--seed", str(args.seed)])]
     if args.base_agent:
         base.append(iterate.collect_stage(out, s, "base-collect", args.base_agent, args.base, 1, args.seed, workers))
@@ -113,22 +112,22 @@ def stages(args, s: dict) -> list[tuple[str, callable, list[str]]]:
         ("collect", collect.main, ["--episodes", str(s["episodes"]), "--policy", s["policy"], *common]),
         *(perturbed if s["perturbed_episodes"] else []),
         *(base if args.base else train_vae),
-        ("encode", encode.main, encode_argv),
+        iterate.encode_stage(out, "encode"),
         *([] if args.base else train_mdnrnn),
         *(iterate.stages(out, s, args.iterations, args.seed, workers) if args.iterations else []),
-        *(final_data(args, s, common, encode_argv) if args.final_from is not None and s["final_rollouts"] else []),
+        *(final_data(args, s, common) if args.final_from is not None and s["final_rollouts"] else []),
         *(iterate.final_stages(out, s, args.final_from, args.seed) if args.final_from is not None else []),
     ]
 
 
-def final_data(args, s: dict, common: list[str], encode_argv: list[str]) -> list[tuple]:
+def final_data(args, s: dict, common: list[str]) -> list[tuple]:
     """--final-rollouts rollouts of --final-policy for the final model alone (numbered after every
     other collection, so earlier models' data stays the first rollouts), and their encoding."""
     collected = max(args.iterations, 1 if args.base_agent else 0)  # rounds that collected before
     first = iterate.first_episode(s, collected + 1)
     return [("final-collect", collect.main, ["--policy", s["final_policy"], "--episodes", str(s["final_rollouts"]),
                                              "--first-episode", str(first), *common]),
-            ("final-encode", encode.main, encode_argv)]
+            iterate.encode_stage(args.out, "final-encode")]
 
 
 def data_size(rollouts: Path) -> dict:
