@@ -67,7 +67,7 @@ def init_params(vae: VAE, mdnrnn: MDNRNN, key) -> tuple[Any, Any]:
     vae_params = vae.init(k_vae, frames, k_sample)
     z = jnp.zeros((1, 1, mdnrnn.latent_dim), jnp.float32)
     a = jnp.zeros((1, 1, mdnrnn.action_dim), jnp.float32)
-    mdn_params = mdnrnn.init(k_mdn, mdnrnn.initial_carry(1), z, a)
+    mdn_params = mdnrnn.init(k_mdn, mdnrnn.initial_carry(1), z, a, prev_reward=jnp.zeros((1, 1), jnp.float32))
     return vae_params, mdn_params
 
 

@@ -20,6 +20,15 @@ the flag, so fine-tuning only the mean path (train.mdnrnn --freeze-sampled) leav
 was; a Python `sampled=1` (the dream's) skips the path, which then needs none of its params
 (`samples_only`).
 
+With `reward_input=True` the cell also reads r_{t-1}, the reward paid for the previous step (0 at
+reset): CarRacing pays a tile's reward on the one step the car crosses it, and that phase is not in
+the 64×64 frame, but the steps since the last tile (at the car's speed) tell it. Measured with probes
+on a model's held-out rollouts: the next reward's correlation went from 0.49 (h alone) to 0.77 (h and
+the last 8 rewards). A model that reads its rewards must be able to produce them in a dream, so its
+head gives the reward as two levels: `reward_logit` for P(r_t > 0) (a tile), `reward_low` and
+`reward_high` its expected value below and above; `reward` is their expectation. The dream samples
+which level it pays and feeds that back (`world_model.step`).
+
 `MDNRNN.step` is one application of the cell; `MDNRNN.__call__` unrolls *that same cell*
 (same submodule, same parameters) over time with `nn.scan`. The environments call `step`.
 """
@@ -35,17 +44,32 @@ from dreamenv.mixture import LOG_SIGMA_MIN
 Carry = tuple  # (c [B, H], h [B, H]) as flax's LSTMCell keeps it
 
 
-def head_layout(num_mixtures: int, latent_dim: int) -> dict:
-    """Column slices of the head's single output layer: pi [K], mu [K·D], sigma [K·D], reward, done."""
+def head_layout(num_mixtures: int, latent_dim: int, reward_levels: bool = False) -> dict:
+    """Column slices of the head's single output layer: pi [K], mu [K·D], sigma [K·D], reward, done,
+    and with `reward_levels` (MDNRNN.reward_input) reward_high, reward_event. `reward` is then the
+    low level."""
     k, kd = num_mixtures, num_mixtures * latent_dim
-    return dict(pi=slice(0, k), mu=slice(k, k + kd), sigma=slice(k + kd, k + 2 * kd),
+    cols = dict(pi=slice(0, k), mu=slice(k, k + kd), sigma=slice(k + kd, k + 2 * kd),
                 reward=slice(k + 2 * kd, k + 2 * kd + 1), done=slice(k + 2 * kd + 1, k + 2 * kd + 2))
+    if reward_levels:
+        end = cols["done"].stop
+        cols.update(reward_high=slice(end, end + 1), reward_event=slice(end + 1, end + 2))
+    return cols
+
+
+def head_width(cols: dict) -> int:
+    """The head's output columns."""
+    return max(c.stop for c in cols.values())
+
+
+REWARD_EVENT_ABOVE = 0.0  # a reward above this is the high level (CarRacing-v3: a new tile's 1000/N − 0.1)
 
 
 class MDNHead(nn.Module):
-    """(h_{t+1}, z_t) -> dict(log_pi [..,K], mu [..,K,D], log_sigma [..,K,D], reward [..], done_logit [..]).
+    """(h_{t+1}, z_t) -> dict(log_pi [..,K], mu [..,K,D], log_sigma [..,K,D], reward [..], done_logit [..]),
+    with `reward_levels` also reward_low, reward_high, reward_logit [..] (reward: their expectation).
 
-    One Dense layer `out` [H, K + 2·K·D + 2] computes every output (columns: `head_layout`).
+    One Dense layer `out` [H, K + 2·K·D + 2 (+ 2)] computes every output (columns: `head_layout`).
     """
 
     latent_dim: int
@@ -53,31 +77,39 @@ class MDNHead(nn.Module):
     sigma_min: float
     residual: bool
     mean_path: bool = False  # a second output layer for encoder-mean inputs (MDNRNN.sample_flag)
+    reward_levels: bool = False  # the reward as two levels and P(high) (MDNRNN.reward_input)
 
     @nn.compact
     def __call__(self, h, z, mean=None):
         # h: [B, H]; z: [B, D]; mean: the mean path's weight [B, 1] (None: skipped)
         k, d = self.num_mixtures, self.latent_dim
-        cols = head_layout(k, d)
-        out = nn.Dense(cols["done"].stop, bias_init=self._bias_init, name="out")(h)
+        cols = head_layout(k, d, self.reward_levels)
+        width = head_width(cols)
+        out = nn.Dense(width, bias_init=self._bias_init, name="out")(h)
         if self.mean_path and mean is not None:
-            mean_kernel = self.param("mean_kernel", nn.initializers.zeros, (h.shape[-1], cols["done"].stop))
-            mean_bias = self.param("mean_bias", nn.initializers.zeros, (cols["done"].stop,))
+            mean_kernel = self.param("mean_kernel", nn.initializers.zeros, (h.shape[-1], width))
+            mean_bias = self.param("mean_bias", nn.initializers.zeros, (width,))
             out = out + mean * (h @ mean_kernel + mean_bias)
         means = out[..., cols["mu"]].reshape(*h.shape[:-1], k, d)
         # σ = σ_min + softplus(raw): smooth, never below the floor (no overconfidence).
         sigma = self.sigma_min + jax.nn.softplus(out[..., cols["sigma"]])
-        return dict(
+        heads = dict(
             log_pi=jax.nn.log_softmax(out[..., cols["pi"]], axis=-1),
             mu=z[..., None, :] + means if self.residual else means,
             log_sigma=jnp.maximum(jnp.log(sigma), LOG_SIGMA_MIN).reshape(*h.shape[:-1], k, d),
             reward=out[..., cols["reward"].start],
             done_logit=out[..., cols["done"].start],
         )
+        if self.reward_levels:
+            low, high = heads["reward"], out[..., cols["reward_high"].start]
+            logit = out[..., cols["reward_event"].start]
+            heads.update(reward=low + jax.nn.sigmoid(logit) * (high - low), reward_low=low, reward_high=high,
+                         reward_logit=logit)
+        return heads
 
     def _bias_init(self, key, shape, dtype=jnp.float32):
         """Zeros, but the K means start apart (bias ~ N(0, 0.1²), ≈ a step's motion) against mode collapse."""
-        cols = head_layout(self.num_mixtures, self.latent_dim)
+        cols = head_layout(self.num_mixtures, self.latent_dim, self.reward_levels)
         mu = 0.1 * jax.random.normal(key, (cols["mu"].stop - cols["mu"].start,), dtype)
         return jnp.zeros(shape, dtype).at[cols["mu"]].set(mu)
 
@@ -136,7 +168,7 @@ def lstm_kernel_init(n_in: int, hidden: int):
 
 
 class MDNCell(nn.Module):
-    """One time step: (carry, ([z_t, a_t], mean weight)) -> (carry', (h_t, head outputs))."""
+    """One time step: (carry, ([z_t, a_t(, r_t-1)], mean weight)) -> (carry', (h_t, head outputs))."""
 
     latent_dim: int
     hidden_size: int
@@ -144,6 +176,7 @@ class MDNCell(nn.Module):
     sigma_min: float
     residual: bool
     mean_path: bool = False
+    reward_levels: bool = False
 
     @nn.compact
     def __call__(self, carry, inputs):
@@ -152,7 +185,7 @@ class MDNCell(nn.Module):
         carry, h = LSTMCell(self.hidden_size, self.mean_path, name="lstm")(carry, x, mean)
         z = x[..., : self.latent_dim]
         out = MDNHead(self.latent_dim, self.num_mixtures, self.sigma_min, self.residual, self.mean_path,
-                      name="head")(h, z, mean)
+                      self.reward_levels, name="head")(h, z, mean)
         return carry, dict(h=h, **out)
 
 
@@ -166,33 +199,48 @@ class MDNRNN(nn.Module):
     sigma_min: float = 0.01
     residual: bool = False
     sample_flag: bool = False  # a mean path for encoder-mean inputs (s_t = 0); samples (s_t = 1) skip it
+    reward_input: bool = False  # the cell reads r_{t-1}; the head gives the reward as two levels to sample
 
     def setup(self):
         self.cell = MDNCell(self.latent_dim, self.hidden_size, self.num_mixtures, self.sigma_min, self.residual,
-                            self.sample_flag)
+                            self.sample_flag, self.reward_input)
 
     def initial_carry(self, batch: int) -> Carry:
         """Zero LSTM state: (c, h), each [batch, hidden_size]."""
         zeros = jnp.zeros((batch, self.hidden_size), jnp.float32)
         return (zeros, zeros)
 
-    def inputs(self, z, action, sampled):
-        """The cell's inputs: ([z, a] [..., D + A], the mean path's weight 1 - s [..., 1] or None).
+    @property
+    def input_size(self) -> int:
+        """The cell's input width: z, a and, with reward_input, r_{t-1}."""
+        return self.latent_dim + self.action_dim + int(self.reward_input)
 
-        `sampled` (s: a scalar or [...]) is read only with sample_flag; None (the path skipped) when it
-        cannot matter: no flag, or a Python 1 (every input a sample, as in the dream)."""
-        x = jnp.concatenate([z, action], axis=-1)
+    def inputs(self, z, action, sampled, prev_reward=None):
+        """The cell's inputs: ([z, a(, r_prev)] [..., input_size], the mean path's weight 1 - s [..., 1] or None).
+
+        `prev_reward` ([...]: r_{t-1}, 0 at an episode's first step) is required with reward_input
+        and ignored without. `sampled` (s: a scalar or [...]) is read only with sample_flag; None (the
+        path skipped) when it cannot matter: no flag, or a Python 1 (every input a sample, as in the
+        dream)."""
+        parts = [z, action]
+        if self.reward_input:
+            if prev_reward is None:
+                raise ValueError("this MDN-RNN reads the previous step's reward (reward_input=True): pass "
+                                 "prev_reward, r_{t-1} per step (0 at an episode's first step)")
+            parts.append(jnp.broadcast_to(jnp.asarray(prev_reward, z.dtype), z.shape[:-1])[..., None])
+        x = jnp.concatenate(parts, axis=-1)
         if not self.sample_flag or (isinstance(sampled, (int, float)) and sampled == 1):
             return x, None
         return x, 1.0 - jnp.broadcast_to(jnp.asarray(sampled, z.dtype), z.shape[:-1])[..., None]
 
-    def step(self, carry: Carry, z, action, sampled=0.0):
-        """One step. z: [B, D], action: [B, A], sampled: scalar or [B] -> (carry', outputs with leading [B])."""
-        return self.cell(carry, self.inputs(z, action, sampled))
+    def step(self, carry: Carry, z, action, sampled=0.0, prev_reward=None):
+        """One step. z: [B, D], action: [B, A], sampled: scalar or [B], prev_reward: [B] (reward_input)
+        -> (carry', outputs with leading [B])."""
+        return self.cell(carry, self.inputs(z, action, sampled, prev_reward))
 
-    def __call__(self, carry: Carry, z, action, sampled=0.0):
-        """Unroll over time. z: [B, T, D], action: [B, T, A], sampled: scalar, [B, 1] or [B, T]
-        -> (carry', outputs [B, T, ...])."""
+    def __call__(self, carry: Carry, z, action, sampled=0.0, prev_reward=None):
+        """Unroll over time. z: [B, T, D], action: [B, T, A], sampled: scalar, [B, 1] or [B, T],
+        prev_reward: [B, T] (reward_input: `previous_rewards` of the steps' rewards) -> (carry', outputs [B, T, ...])."""
         scan = nn.scan(
             lambda cell, c, x: cell(c, x),
             variable_broadcast="params",
@@ -200,4 +248,10 @@ class MDNRNN(nn.Module):
             in_axes=1,
             out_axes=1,
         )
-        return scan(self.cell, carry, self.inputs(z, action, sampled))
+        return scan(self.cell, carry, self.inputs(z, action, sampled, prev_reward))
+
+
+def previous_rewards(reward):
+    """r_{t-1} for each step of whole episodes: reward [..., T] -> [..., T], 0 at the first step."""
+    reward = jnp.asarray(reward)
+    return jnp.concatenate([jnp.zeros_like(reward[..., :1]), reward[..., :-1]], axis=-1)

@@ -99,13 +99,16 @@ def final_stages(out: Path, s: dict, source: int, seed: int) -> list[tuple]:
     """DIR/final: iteration `source`'s MDN-RNN given the sample flag's mean path, trained on all the
     data's encoder means (train.mdnrnn --sample-flag --freeze-sampled: on samples, so in the dream
     and in LatentCarRacing-v0's memory, it is iteration `source`'s model exactly; 1-step predictions
-    from real latents use the new path), and a fresh agent trained in its dream, scored on the real game."""
+    from real latents use the new path), and a fresh agent trained in its dream, scored on the real game.
+    With s["final_reward_input"] the model also gains the reward input (--reward-input), and both
+    paths train, on half sampled and half mean windows: the dream's must learn to read its rewards."""
     steps = s["final_mdn_steps"]
+    paths = ["--reward-input"] if s.get("final_reward_input") else ["--freeze-sampled"]
     return [
         ("final-mdnrnn", mdnrnn.main,
          ["--latents", str(out / "latents"), "--vae", str(out / "vae"), "--out", str(out / "final" / "mdnrnn"),
           "--bundle", str(bundle_of(out, "final")), "--init", str(bundle_of(out, source)), "--sample-flag",
-          "--freeze-sampled", "--steps", str(steps), "--seq-len", str(s["seq_len"]),
+          *paths, "--steps", str(steps), "--seq-len", str(s["seq_len"]),
           "--eval-every", str(max(steps // 4, 1)), "--seed", str(seed + 1)]),
         agent_stage(out, s, "final", seed, name="final-agent"),
     ]

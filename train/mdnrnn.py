@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from dreamenv.atomic import atomic_write_bytes
 from dreamenv.checkpoint import Bundle, load_bundle, module_config, save_bundle
-from dreamenv.mdnrnn import MEAN_PATH, MDNRNN
+from dreamenv.mdnrnn import MEAN_PATH, MDNRNN, head_layout, previous_rewards
 from train.latents import LatentSet, vae_fingerprint
 from train.mdnrnn_loss import evaluate, gather_windows, sample_windows, window_loss
 from train.split import split_rollouts
@@ -64,6 +64,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="tell the model whether z_t is a sample or an encoder mean; half the windows are each, all "
                         "means with --freeze-sampled (see dreamenv/mdnrnn.py). An --init model without the flag "
                         "gains it with zero weight")
+    p.add_argument("--reward-input", action=argparse.BooleanOptionalAction, default=False,
+                   help="the model reads the previous step's reward and predicts the reward as two levels the "
+                        "dream samples (see dreamenv/mdnrnn.py). An --init model without it gains it, the same "
+                        "function until trained")
     p.add_argument("--freeze-sampled", action="store_true",
                    help="with --sample-flag and --init: train only the mean path, on encoder means; the model "
                         "on samples (the dream) stays the --init one exactly")
@@ -90,20 +94,40 @@ def load_split(latents: Path, vae_run: Path, fingerprint: str) -> tuple[LatentSe
 
 def init_from(path: Path, model: MDNRNN, fingerprint: str, fresh):
     """The MDN-RNN params of bundle `path`, checked to fit `model` and the current VAE (a model
-    without the sample flag gains it: `fresh`'s zero mean path, the same function at any flag)."""
+    without the sample flag gains it: `fresh`'s zero mean path, the same function at any flag; one
+    without the reward input gains it: `gain_reward_input`)."""
     bundle = load_bundle(path)
     gains_flag = model.sample_flag and not bundle.mdnrnn.sample_flag
-    if {**module_config(bundle.mdnrnn), "sample_flag": model.sample_flag} != module_config(model):
+    grown = {"sample_flag": model.sample_flag, "reward_input": model.reward_input}
+    if bundle.mdnrnn.reward_input and not model.reward_input:
+        raise SystemExit(f"--init {path}: its MDN-RNN reads the previous reward; pass --reward-input")
+    if {**module_config(bundle.mdnrnn), **grown} != module_config(model):
         raise SystemExit(f"--init {path}: its MDN-RNN is {module_config(bundle.mdnrnn)}, this run builds "
                          f"{module_config(model)}; pass matching --hidden-size/--mixtures/--residual")
     if bundle.metadata.get("vae_fingerprint") != fingerprint:
         raise SystemExit(f"--init {path}: its MDN-RNN was trained on another VAE's latents than --vae's; "
                          f"fine-tune only on latents of the VAE it was trained with")
     params = jax.tree_util.tree_map(jnp.asarray, bundle.mdnrnn_params)
+    if model.reward_input and not bundle.mdnrnn.reward_input:
+        params = gain_reward_input(params, model)
     if gains_flag:
         for layer in ("lstm", "head"):
             params["params"]["cell"][layer].update({name: fresh["params"]["cell"][layer][name] for name in MEAN_PATH})
     return params
+
+
+def gain_reward_input(params, model: MDNRNN):
+    """Params of the same model without `reward_input` -> params of `model` (with it) computing the
+    same function: a zero LSTM row for r_{t-1} (after z and a, before h) and head columns
+    reward_high = the old reward column, reward_event = 0, so the expected reward is the old one."""
+    cell = params["params"]["cell"]
+    at = model.latent_dim + model.action_dim  # the new input row
+    lstm = {k: jnp.insert(v, at, 0.0, axis=0) if k in ("kernel", "mean_kernel") else v for k, v in cell["lstm"].items()}
+    reward = head_layout(model.num_mixtures, model.latent_dim)["reward"]
+    grow = lambda w: jnp.concatenate([w, w[..., reward], jnp.zeros_like(w[..., reward])], axis=-1)
+    head = {**cell["head"], "out": {k: grow(v) for k, v in cell["head"]["out"].items()}}
+    head.update({k: grow(v) for k, v in cell["head"].items() if k in MEAN_PATH})
+    return {**params, "params": {**params["params"], "cell": {**cell, "lstm": lstm, "head": head}}}
 
 
 def optimizer(args):
@@ -138,9 +162,11 @@ def make_update(model: MDNRNN, opt, args, pos_weight: float):
 
 
 def device_data(data: LatentSet, seq_len: int) -> dict:
-    """Padded arrays on device, with seq_len + 1 extra zero steps so every window slices."""
+    """Padded arrays on device, with seq_len + 1 extra zero steps so every window slices; prev_reward
+    is r_{t-1} (0 at each rollout's first step)."""
     pad = lambda x: np.concatenate([x, np.zeros((x.shape[0], seq_len + 1, *x.shape[2:]), x.dtype)], 1)
     arrays = {k: pad(getattr(data, k)) for k in ("mu", "logvar", "action", "reward", "done")}
+    arrays["prev_reward"] = pad(np.asarray(previous_rewards(data.reward)))
     return jax.device_put({**arrays, "length": data.length})
 
 
@@ -163,12 +189,13 @@ def train(args) -> dict:
     train_set, held = load_split(args.latents, args.vae, fingerprint)
     model = MDNRNN(latent_dim=train_set.mu.shape[-1], action_dim=train_set.action.shape[-1],
                    hidden_size=args.hidden_size, num_mixtures=args.mixtures, sigma_min=args.sigma_min,
-                   residual=args.residual, sample_flag=args.sample_flag)
+                   residual=args.residual, sample_flag=args.sample_flag, reward_input=args.reward_input)
     opt = optimizer(args)
     key = jax.random.key(args.seed)
     k_init, key = jax.random.split(key)
     z0 = jnp.zeros((1, 1, model.latent_dim))
-    params = model.init(k_init, model.initial_carry(1), z0, jnp.zeros((1, 1, model.action_dim)))
+    params = model.init(k_init, model.initial_carry(1), z0, jnp.zeros((1, 1, model.action_dim)),
+                        prev_reward=jnp.zeros((1, 1)))
     if args.init is not None:
         params = init_from(args.init, model, fingerprint, params)
     metrics_path, bundle_path = args.out / "metrics.json", args.bundle or args.out / "bundle"

@@ -73,6 +73,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--iterations", type=int, default=0, help="iterative-training rounds after the base model")
     p.add_argument("--final-from", type=int, default=None,
                    help="fine-tune this iteration's MDN-RNN with the sample flag into DIR/final (0..--iterations)")
+    p.add_argument("--final-reward-input", action="store_true",
+                   help="the final model also reads the previous reward and samples its own (train.mdnrnn "
+                        "--reward-input); its sample path, the dream's, then trains as well")
     p.add_argument("--final-policy", default="ou",
                    help="the policy of the --final-rollouts rollouts collected for the final model alone")
     p.add_argument("--base", type=Path, default=None,
@@ -87,7 +90,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def settings(args) -> dict:
     preset = dict(PRESETS["quick" if args.quick else "full"])
     preset.update({k: getattr(args, k) for k in preset if getattr(args, k) is not None})
-    return {**preset, "policy": args.policy, "final_policy": args.final_policy, "iter_lr": ITER_LR}
+    return {**preset, "policy": args.policy, "final_policy": args.final_policy, "iter_lr": ITER_LR,
+            "final_reward_input": args.final_reward_input}
 
 
 def stages(args, s: dict) -> list[tuple[str, callable, list[str]]]:
