@@ -230,13 +230,15 @@ def run(
     real = load_real(world, paths, horizon, starts, seed, grid, VIDEO_STARTS)
     t_data = time.perf_counter()
 
-    warm, tf = teacher_forced(world, real.z, real.action, real.start_rollout, real.start_t)
+    forced = partial(teacher_forced, world, real.z, real.action, real.reward, real.start_rollout, real.start_t)
+    warm, tf = forced()
     if bundle.mdnrnn.sample_flag:  # dreams go on from the carry LatentCarRacing-v0's memory builds
-        warm, _ = teacher_forced(world, real.z, real.action, real.start_rollout, real.start_t, sampled=1.0)
+        warm, _ = forced(sampled=1.0)
     idx = real.start_t[:, None] + np.arange(horizon)  # [N, H]: t = s + h - 1, predicting z_{s+h}
     r = real.start_rollout[:, None]
     target, z_s = real.z[r, idx + 1], real.z[real.start_rollout, real.start_t]  # [N, H, D], [N, D]
-    mean, sampled = open_loop(world, warm, z_s, real.action[r, idx], target, jax.random.key(seed),
+    r_s = np.where(real.start_t > 0, real.reward[real.start_rollout, real.start_t - 1], 0.0)  # [N]: r_{s-1}
+    mean, sampled = open_loop(world, warm, z_s, r_s, real.action[r, idx], target, jax.random.key(seed),
                               temperature, samples)
     tf, mean, sampled = jax.device_get((tf, mean, sampled))
     t_model = time.perf_counter()

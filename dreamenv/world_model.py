@@ -19,9 +19,12 @@ Definitions, shared by the dream and by LatentCarRacing-v0:
   h_t    the LSTM hidden state after consuming (z_{t-1}, a_{t-1}); zeros at reset. The "zh"
          observation is [z_t, h_t], the paper's controller input.
   a_t    clipped to CarRacing-v3's action space [-1,1]×[0,1]×[0,1] before the MDN-RNN sees it.
-  reward the reward head's prediction for (z_t, a_t) (a float).
+  reward the reward head's prediction for (z_t, a_t) (a float). A `reward_input` model reads r_{t-1}
+         too (0 at reset), so the dream samples r_t from its two levels (P(high) = sigmoid of
+         reward_logit; at every τ, the game's reward being no latent) and keeps it for the next step.
   terminated  thresholded, not sampled: done_logit > 0, i.e. P(done) > 0.5. The dream's only
-         randomness is then z's sampling at temperature τ (τ = 0: fully deterministic).
+         randomness is then z's sampling at temperature τ (τ = 0: z deterministic) and a
+         `reward_input` model's reward level.
 
 Keys: `key` is one PRNG key (split into `batch` per-env keys) or `batch` keys, one per env, so a
 batch of envs equals the same envs run one at a time.
@@ -114,6 +117,7 @@ class DreamState:
     z: jax.Array  # [B, D]  z_t
     carry: tuple  # (c, h), each [B, H]: LSTM state after consuming (z_{t-1}, a_{t-1})
     t: jax.Array  # [B] int32: steps since reset
+    reward: jax.Array  # [B] float32: r_{t-1}, the last step's reward (0 at reset), read by reward_input models
 
 
 def _env_keys(key, batch: int):
@@ -125,14 +129,32 @@ def _env_keys(key, batch: int):
     return key
 
 
-def memory_step(model: WorldModel, carry, z, action, sampled=0.0):
-    """The MDN-RNN cell on (z_t, a_t), actions clipped to the action space. -> (carry', head)
+def memory_step(model: WorldModel, carry, z, action, sampled=0.0, prev_reward=None):
+    """The MDN-RNN cell on (z_t, a_t(, r_{t-1})), actions clipped to the action space. -> (carry', head)
 
     carry: (c, h) [B, H]; z: [B, D]; action: [B, 3]; head: MDNRNN.step's outputs, head["h"] = h_{t+1}.
     sampled: 1 if z is a sample (the dream's), 0 if an encoder mean; read by `sample_flag` models only.
+    prev_reward: [B], the previous step's reward (0 at an episode's first); read by `reward_input` models only.
     """
     action = jnp.clip(action, ACTION_LOW, ACTION_HIGH)
-    return model.mdnrnn.apply(model.mdnrnn_params, carry, z, action, sampled, method=MDNRNN.step)
+    return model.mdnrnn.apply(model.mdnrnn_params, carry, z, action, sampled, prev_reward, method=MDNRNN.step)
+
+
+def sample_reward(model: WorldModel, head: dict, keys):
+    """The step's reward: a `reward_input` model's level drawn per env (high with P = sigmoid(reward_logit);
+    keys [B]), else the head's expected reward. -> [B]"""
+    if not model.mdnrnn.reward_input:
+        return head["reward"]
+    high = jax.vmap(lambda k, logit: jax.random.bernoulli(jax.random.fold_in(k, 1), jax.nn.sigmoid(logit)))(
+        keys, head["reward_logit"])
+    return jnp.where(high, head["reward_high"], head["reward_low"])
+
+
+def start_state(model: WorldModel, z) -> DreamState:
+    """Dreams (or real episodes) at their first step: z_0 [B, D], a zero carry, t = 0, no reward yet."""
+    batch = z.shape[0]
+    return DreamState(z=z, carry=model.mdnrnn.initial_carry(batch), t=jnp.zeros(batch, jnp.int32),
+                      reward=jnp.zeros(batch, jnp.float32))
 
 
 @jax.jit
@@ -169,21 +191,21 @@ def reset(model: WorldModel, key, batch: int, obs: str = "zh"):
     keys = _env_keys(key, batch)
     n = model.start_latents.shape[0]
     index = jax.vmap(lambda k: jax.random.randint(k, (), 0, n))(keys)  # [B]
-    z = model.start_latents[index]  # [B, D]
-    state = DreamState(z=z, carry=model.mdnrnn.initial_carry(batch), t=jnp.zeros(batch, jnp.int32))
-    return state, observe(model, z, state.carry[1], obs)
+    state = start_state(model, model.start_latents[index])  # z: [B, D]
+    return state, observe(model, state.z, state.carry[1], obs)
 
 
 @partial(jax.jit, static_argnames=("obs",))
 def step(model: WorldModel, state: DreamState, action, key, temperature=1.0, obs: str = "zh"):
     """One dream step for every env. action: [B, 3] -> (state', obs [B, ...], reward [B], terminated [B])."""
-    batch = state.z.shape[0]
-    carry, head = memory_step(model, state.carry, state.z, action, sampled=1.0)
+    keys = _env_keys(key, state.z.shape[0])
+    carry, head = memory_step(model, state.carry, state.z, action, sampled=1.0, prev_reward=state.reward)
     sample = partial(mdn_sample, temperature=jnp.asarray(temperature, jnp.float32))
-    z = jax.vmap(sample)(_env_keys(key, batch), head["log_pi"], head["mu"], head["log_sigma"])
+    z = jax.vmap(sample)(keys, head["log_pi"], head["mu"], head["log_sigma"])
     z = jnp.clip(z, -LATENT_BOUND, LATENT_BOUND)  # [B, D]
-    state = DreamState(z=z, carry=carry, t=state.t + 1)
-    return state, observe(model, z, head["h"], obs), head["reward"], head["done_logit"] > 0.0
+    reward = sample_reward(model, head, keys)
+    state = DreamState(z=z, carry=carry, t=state.t + 1, reward=reward)
+    return state, observe(model, z, head["h"], obs), reward, head["done_logit"] > 0.0
 
 
 @partial(jax.jit, static_argnames=("policy_fn", "batch", "steps", "obs"))

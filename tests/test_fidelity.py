@@ -170,3 +170,12 @@ def test_a_sample_flag_model_dreams_as_without_its_mean_path_and_predicts_with_i
     for curve in ("open_loop_mean", "open_loop_sampled"):
         np.testing.assert_allclose(results[1][curve], results[0][curve], rtol=1e-5)
     assert not np.allclose(results[1]["teacher_forced"], results[0]["teacher_forced"], rtol=1e-3)
+
+
+def test_a_model_that_reads_rewards_is_fed_the_real_ones_teacher_forced(tmp_path, shards):
+    from test_reward_input import reward_bundle
+
+    bundle = reward_bundle(event_bias=0.0)
+    result = run(bundle, shards, out=tmp_path, smoke=True)
+    assert np.isfinite(result["reward"]["teacher_forced_step_corr_all_steps"])
+    assert set(result["reward"]["summary"]) == {"teacher_forced", "open_loop_mean", "open_loop_sampled"}

@@ -151,6 +151,31 @@ def test_init_without_the_sample_flag_gains_it_as_the_same_function(encoded, tmp
     assert "mse_ratio_to_persistence" in history[-1]["heldout_as_sampled"]
 
 
+def test_init_without_the_reward_input_gains_it_as_the_same_function_and_trains_it(encoded, tmp_path):
+    mdnrnn.train(mdn_args(encoded, tmp_path / "base", steps=20))
+    tuned = mdn_args(encoded, tmp_path / "tuned", steps=1)
+    tuned.init, tuned.lr, tuned.lr_end, tuned.reward_input = tmp_path / "base" / "bundle", 1e-9, 1e-9, True
+    mdnrnn.train(tuned)
+    base, grown = (load_bundle(tmp_path / d / "bundle") for d in ("base", "tuned"))
+    assert grown.mdnrnn.reward_input and not base.mdnrnn.reward_input
+    z = np.random.default_rng(1).normal(size=(2, 5, 8)).astype(np.float32)
+    a = np.random.default_rng(2).uniform(size=(2, 5, 3)).astype(np.float32)
+    r = np.random.default_rng(3).normal(size=(2, 5)).astype(np.float32)
+    want = base.mdnrnn.apply(base.mdnrnn_params, base.mdnrnn.initial_carry(2), z, a)[1]
+    got = grown.mdnrnn.apply(grown.mdnrnn_params, grown.mdnrnn.initial_carry(2), z, a, 0.0, r)[1]
+    for k in ("mu", "reward"):
+        np.testing.assert_allclose(got[k], want[k], atol=1e-4)
+    trained = mdn_args(encoded, tmp_path / "trained", steps=20)
+    trained.init, trained.reward_input = tmp_path / "tuned" / "bundle", True
+    mdnrnn.train(trained)
+    history = json.loads((tmp_path / "trained" / "metrics.json").read_text())["history"]
+    assert history[-1]["train"]["reward_event_bce"] > 0 and np.isfinite(history[-1]["heldout"]["reward_corr"])
+    again = mdn_args(encoded, tmp_path / "again", steps=1)
+    again.init = tmp_path / "trained" / "bundle"  # a model that reads rewards cannot lose the input
+    with pytest.raises(SystemExit, match="pass --reward-input"):
+        mdnrnn.train(again)
+
+
 def test_freeze_sampled_trains_the_mean_path_and_keeps_the_model_on_samples(encoded, tmp_path):
     mdnrnn.train(mdn_args(encoded, tmp_path / "base", steps=20))
     tuned = mdn_args(encoded, tmp_path / "tuned", steps=20)

@@ -96,7 +96,7 @@ def test_pipeline_builds_a_loadable_bundle_and_reruns_as_a_no_op(tmp_path):
     with pytest.raises(SystemExit, match="use it with --iterations 0"):
         pipeline.main([*args, "--base", str(source), "--base-agent", str(driver), "--iterations", "1"])
     assert pipeline.main([*args, "--base", str(source), "--base-agent", str(driver), "--final-from", "0",
-                          "--final-rollouts", "1", "--final-policy", "ou"]) == 0
+                          "--final-rollouts", "1", "--final-policy", "ou", "--final-reward-input"]) == 0
     record = json.loads((again / "pipeline.json").read_text())
     assert set(record["stage_seconds"]) == {"collect", "collect-perturbed", "base", "base-collect", "encode",
                                             "final-collect", "final-encode", "final-mdnrnn", "final-agent"}
@@ -107,6 +107,7 @@ def test_pipeline_builds_a_loadable_bundle_and_reruns_as_a_no_op(tmp_path):
     assert base.metadata["base"]["bundle"] == str(source) and base.metadata["base"]["metadata"]["iteration"] == 1
     final = load_bundle(again / "final" / "bundle")
     assert final.mdnrnn.sample_flag and final.metadata["mdnrnn_args"]["init"] == str(again / "bundle")
+    assert final.mdnrnn.reward_input and final.metadata["mdnrnn_args"]["freeze_sampled"] == "True"
     assert final.metadata["train_rollouts"] + final.metadata["heldout_rollouts"] == 5
     for got, want in zip(jax.tree_util.tree_leaves(final.vae_params), jax.tree_util.tree_leaves(load_bundle(source).vae_params)):
         np.testing.assert_array_equal(got, want)  # the base's VAE, not retrained
@@ -123,3 +124,4 @@ def test_pipeline_builds_a_loadable_bundle_and_reruns_as_a_no_op(tmp_path):
     assert f"Base model: `{source}`" in text and "the base model's (`--base`) MDN-RNN given the sample flag" in text
     assert "row \"final\"; the data includes 1 rollout of `ou` collected for it alone, `--final-rollouts`)" in text
     assert "| final | 5 |" in text and "--base-agent" in text and record["base_agent"] == str(driver)
+    assert "given the sample flag and the reward input" in text and "(`--reward-input`" in text

@@ -100,10 +100,11 @@ def final_stages(out: Path, s: dict, source: int, seed: int) -> list[tuple]:
     data's encoder means (train.mdnrnn --sample-flag --freeze-sampled: on samples, so in the dream
     and in LatentCarRacing-v0's memory, it is iteration `source`'s model exactly; 1-step predictions
     from real latents use the new path), and a fresh agent trained in its dream, scored on the real game.
-    With s["final_reward_input"] the model also gains the reward input (--reward-input), and both
-    paths train, on half sampled and half mean windows: the dream's must learn to read its rewards."""
+    With s["final_reward_input"] the model also gains the reward input (--reward-input), which only
+    the mean path learns to read: on samples it stays iteration `source`'s model (see
+    dreamenv/mdnrnn.py for why the dream's path does not read rewards)."""
     steps = s["final_mdn_steps"]
-    paths = ["--reward-input"] if s.get("final_reward_input") else ["--freeze-sampled"]
+    paths = ["--freeze-sampled", *(["--reward-input"] if s.get("final_reward_input") else [])]
     return [
         ("final-mdnrnn", mdnrnn.main,
          ["--latents", str(out / "latents"), "--vae", str(out / "vae"), "--out", str(out / "final" / "mdnrnn"),

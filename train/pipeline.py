@@ -74,8 +74,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--final-from", type=int, default=None,
                    help="fine-tune this iteration's MDN-RNN with the sample flag into DIR/final (0..--iterations)")
     p.add_argument("--final-reward-input", action="store_true",
-                   help="the final model also reads the previous reward and samples its own (train.mdnrnn "
-                        "--reward-input); its sample path, the dream's, then trains as well")
+                   help="the final model's mean path also reads the previous reward (train.mdnrnn "
+                        "--reward-input); on samples, the dream's path, it stays the --final-from model")
     p.add_argument("--final-policy", default="ou",
                    help="the policy of the --final-rollouts rollouts collected for the final model alone")
     p.add_argument("--base", type=Path, default=None,

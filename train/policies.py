@@ -286,10 +286,12 @@ class AgentPolicy(Policy):
     def reset(self, rng, env):
         self.params = {"agent": self.path, "perturbed_share": float(rng.uniform(0.1, 0.3))}
         self.perturb = SegmentPerturbation(rng, self.params["perturbed_share"])
-        self.last = None
+        self.last, self.paid = None, 0.0  # the last action; CarRacing-v3's running return when it was taken
 
     def act(self, obs, env):
-        seen = self.observer.first(obs) if self.last is None else self.observer.next(self.last, obs)
+        paid = env.unwrapped.reward  # CarRacing-v3 keeps its running return (every step's reward but −100)
+        seen = self.observer.first(obs) if self.last is None else self.observer.next(self.last, obs, paid - self.paid)
+        self.paid = paid
         steer, gas, brake = self.agent.act(seen[None])[0]
         self.last = self.perturb(to_action(steer, gas, brake))
         return self.last

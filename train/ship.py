@@ -39,6 +39,8 @@ FLAG_NOTE = (", with the sample flag: half the windows sampled z ~ N(mu, σ²) (
              "encoder means (flag 0)")
 FROZEN_NOTE = (", with the sample flag's mean path trained alone (`--freeze-sampled`) on encoder means "
                "(flag 0); on samples (flag 1) the model is the `--init` one exactly")
+REWARD_NOTE = ("; it reads the previous step's reward (`--reward-input`, gained as the same function) and "
+               "gives the reward as two levels and P(tile), which the dream samples and reads back")
 FLAG_METRICS = """The MDN-RNN reads these real latents as what they are, encoder means (sample flag 0); rows marked
 "(flag 1)" feed the same latents with the dream's flag, as LatentCarRacing-v0's memory runs.
 """
@@ -106,7 +108,7 @@ def dream_strip(bundle: Bundle, shard: Path, steps: int, seed: int, dreams: int 
     data = load_shard(shard)
     steps = min(steps, len(data["action"]) - 1)
     z = jnp.repeat(wm.encode(model, jnp.asarray(data["obs"][:1])), dreams, axis=0)  # [dreams, D]
-    state = wm.DreamState(z=z, carry=model.mdnrnn.initial_carry(dreams), t=jnp.zeros(dreams, jnp.int32))
+    state = wm.start_state(model, z)
     dreamed = [z]
     for t, key in enumerate(jax.random.split(jax.random.key(seed), steps)):
         action = jnp.repeat(jnp.asarray(data["action"][t : t + 1]), dreams, axis=0)
@@ -119,10 +121,22 @@ def dream_strip(bundle: Bundle, shard: Path, steps: int, seed: int, dreams: int 
 
 
 def flag_note(bundle: Bundle, mdn_args: dict) -> str:
-    """The card's words on how the MDN-RNN's sample flag was trained (none without the flag)."""
-    if not bundle.mdnrnn.sample_flag:
-        return ""
-    return FROZEN_NOTE if mdn_args.get("freeze_sampled") else FLAG_NOTE
+    """The card's words on how the MDN-RNN's sample flag was trained (none without the flag) and on
+    its reward input."""
+    flag = "" if not bundle.mdnrnn.sample_flag else FROZEN_NOTE if mdn_args.get("freeze_sampled") else FLAG_NOTE
+    return flag + (REWARD_NOTE if bundle.mdnrnn.reward_input else "")
+
+
+def reward_limit(bundle: Bundle) -> str:
+    """The card's known limit on the per-step reward."""
+    if bundle.mdnrnn.reward_input:
+        return """- Per-step reward is a tile-crossing spike the 64×64 frame barely shows; the model times the
+  next one from the rewards it has read (the real ones on LatentCarRacing-v0 and teacher-forced, its
+  own samples in the dream), so a dream's spikes are as well timed as its own earlier ones. The
+  −100 for leaving the playfield is not a level: the low level only dips there (see below)."""
+    return """- Per-step reward is a tile-crossing spike the 64×64 frame barely shows, so the reward head
+  predicts its expected rate; returns over many steps are much better predicted than single steps
+  (see `python -m benchmarks.fidelity`)."""
 
 
 def vae_line(history: list[dict]) -> str:
@@ -185,7 +199,8 @@ def card(run: Path, bundle: Bundle, table: dict, dtype: str, size_mb: float, dre
     extra = pipeline.get("settings", {}).get("final_rollouts", 0) if final else 0
     extra = (f"; the data includes {extra} rollout{'s' * (extra != 1)} of `{pipeline['settings']['final_policy']}` collected for it "
              f"alone, `--final-rollouts`" if extra else "")
-    which = (f"this is {started} MDN-RNN given the sample flag, trained on all\n  the data "
+    gained = "the sample flag and the reward input" if bundle.mdnrnn.reward_input else "the sample flag"
+    which = (f"this is {started} MDN-RNN given {gained}, trained on all\n  the data "
              f"(`--final-from {source}`, row \"final\"{extra})" if final else f"this is the model of\n  iteration {iteration}")
     episodes = pipeline.get("settings", {}).get("iter_episodes")
     how = (f"""The base model's dream-trained agent (`--base-agent`) drove {episodes} new real rollouts through it (with
@@ -259,9 +274,7 @@ Held-out frames (top) and their reconstructions (bottom):
   the actions; some dreams zoom in far sooner, and some stay in the zoomed-out map view (a dark
   frame) for hundreds of steps (the strip above may show one). `python -m benchmarks.zoom`
   measures both, per fixed control, against real rollouts.
-- Per-step reward is a tile-crossing spike the 64×64 frame barely shows, so the reward head
-  predicts its expected rate; returns over many steps are much better predicted than single steps
-  (see `python -m benchmarks.fidelity`).
+{reward_limit(bundle)}
 - Terminations are rare in the data (lap completions, leaving the playfield). The done head ranks
   the steps that end an episode above the rest (the AUC of `python -m benchmarks.fidelity`, which
   also counts where P(done) > 0.5 would end one), but on the dream's own path (flag 1) its P(done)
