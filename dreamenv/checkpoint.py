@@ -30,8 +30,8 @@ from dreamenv.vae import VAE
 
 # 5: the MDN-RNN config may set `sample_flag`; 4: its LSTM and head are one matrix each (3: flax's
 # LSTMCell, 5 head layers). 4 reads as 5 without the flag; 3 is converted on load (`fuse_v3_mdnrnn`).
-FORMAT_VERSION = 5
-READABLE_VERSIONS = (3, 4, 5)  # 2 had no `residual` field
+FORMAT_VERSION = 6
+READABLE_VERSIONS = (3, 4, 5, 6)  # 2 had no `residual` field; 6 added the MDN-RNN's `reward_input`
 CONFIG_FILE = "config.json"
 PARAMS_FILE = "params.msgpack"
 STORAGE_DTYPES = ("float32", "float16")

@@ -42,7 +42,7 @@ import numpy as np
 
 from dreamenv.checkpoint import Bundle
 from dreamenv.frames import FrameConfig
-from dreamenv.mdnrnn import MDNRNN, samples_only
+from dreamenv.mdnrnn import MDNRNN, drop_unread_reward_input, samples_only
 from dreamenv.mixture import mdn_sample
 from dreamenv.vae import VAE
 
@@ -94,11 +94,18 @@ class WorldModel:
             start_latents=put(bundle.start_latents),
         )
 
+    def on_samples(self) -> "WorldModel":
+        """This model as the dream and LatentCarRacing-v0's memory run it, on samples: without the
+        MDN-RNN's mean path (`samples_only`), and without a reward input that samples do not read
+        (`drop_unread_reward_input`). A jitted call's cost at batch 1 grows with the number of arrays
+        passed (~0.3 µs each) and with its ops (sampling a reward level: about 10 µs a step)."""
+        mdnrnn, params = drop_unread_reward_input(self.mdnrnn, samples_only(self.mdnrnn_params))
+        return self.replace(mdnrnn=mdnrnn, mdnrnn_params=params)
+
     def for_obs(self, obs: str) -> "WorldModel":
-        """This model without what `step`/`reset` in mode `obs` never read (the VAE, unless "pixels";
-        the MDN-RNN's mean path, which samples skip), for the dream and LatentCarRacing-v0's memory:
-        a jitted call's cost at batch 1 grows with the number of arrays passed (~0.3 µs each)."""
-        model = self.replace(mdnrnn_params=samples_only(self.mdnrnn_params))
+        """`on_samples`, also without the VAE unless `step`/`reset` in mode `obs` read it ("pixels"):
+        what the dream envs step."""
+        model = self.on_samples()
         return model if obs == "pixels" else model.replace(vae_params=None)
 
     @property

@@ -198,6 +198,29 @@ def test_freeze_sampled_trains_the_mean_path_and_keeps_the_model_on_samples(enco
     assert float(np.abs(np.asarray(run(0.0)) - np.asarray(want)).max()) > 1e-5
 
 
+def test_a_frozen_sample_path_gains_the_reward_input_without_reading_it(encoded, tmp_path):
+    """--freeze-sampled --reward-input (the shipped recipe): the mean path learns to read rewards; on
+    samples, whatever the rewards, the model is the base's, and the dream's two levels are one."""
+    mdnrnn.train(mdn_args(encoded, tmp_path / "base", steps=20))
+    tuned = mdn_args(encoded, tmp_path / "tuned", steps=20)
+    tuned.init, tuned.sample_flag, tuned.freeze_sampled, tuned.reward_input = (
+        tmp_path / "base" / "bundle", True, True, True)
+    mdnrnn.train(tuned)
+    base, grown = (load_bundle(tmp_path / d / "bundle") for d in ("base", "tuned"))
+    rng = np.random.default_rng(1)
+    z, a = rng.normal(size=(2, 5, 8)).astype(np.float32), rng.uniform(size=(2, 5, 3)).astype(np.float32)
+    r = np.where(rng.uniform(size=(2, 5)) < 0.3, 3.2, -0.1).astype(np.float32)
+    want = base.mdnrnn.apply(base.mdnrnn_params, base.mdnrnn.initial_carry(2), z, a)[1]
+    run = lambda flag, rewards: grown.mdnrnn.apply(grown.mdnrnn_params, grown.mdnrnn.initial_carry(2), z, a,
+                                                   flag, rewards)[1]
+    for rewards in (r, np.zeros_like(r)):
+        got = run(1.0, rewards)
+        for k in ("mu", "reward"):
+            np.testing.assert_allclose(got[k], want[k], atol=1e-6)
+        np.testing.assert_allclose(got["reward_high"], got["reward_low"], atol=1e-6)
+    assert float(np.abs(np.asarray(run(0.0, r)["reward"]) - np.asarray(run(0.0, 0 * r)["reward"])).max()) > 1e-5
+
+
 def test_finished_run_keeps_its_bundle_when_rerun(encoded, tmp_path):
     args = mdn_args(encoded, tmp_path / "m", steps=10)
     first = mdnrnn.train(args)

@@ -13,8 +13,7 @@ from conftest import TINY, with_random_mean_path
 from dreamenv import world_model as wm
 from dreamenv.checkpoint import random_bundle
 from dreamenv.envs.latent import RealObserver
-from dreamenv.mdnrnn import MDNRNN, head_layout, previous_rewards
-from train.mdnrnn import gain_reward_input
+from dreamenv.mdnrnn import MDNRNN, drop_unread_reward_input, gain_reward_input, head_layout, previous_rewards, samples_only
 from train.mdnrnn_loss import reward_levels_loss
 
 D, B, T = 8, 3, 6
@@ -139,3 +138,20 @@ def test_the_real_envs_memory_reads_the_real_reward_as_the_dream_reads_its_own()
     state = state.replace(z=jnp.asarray(z1)[None], reward=jnp.array([3.2]))
     _, o, *_ = wm.step(model, state, a[None], jax.random.key(1))
     np.testing.assert_allclose(o[0, D:], h_after([3.2, -0.1]), atol=1e-5)
+
+
+def test_a_reward_input_that_samples_do_not_read_is_dropped_for_the_dream():
+    old_model = MDN.clone(reward_input=False)
+    old = random_bundle(jax.random.key(3), vae=TINY["vae"], mdnrnn=old_model, n_start=5)
+    grown = dataclasses.replace(old, mdnrnn=MDN, mdnrnn_params=gain_reward_input(old.mdnrnn_params, MDN))
+    core = wm.WorldModel.from_bundle(grown).for_obs("zh")
+    assert not core.mdnrnn.reward_input  # gained, never trained on samples: not read there
+    want = wm.WorldModel.from_bundle(old).for_obs("zh")
+    state, _ = wm.reset(want, jax.random.key(0), B)
+    a = jnp.full((B, 3), 0.5)
+    for got, expected in zip(wm.step(core, state, a, jax.random.key(1)), wm.step(want, state, a, jax.random.key(1))):
+        jax.tree_util.tree_map(lambda x, y: np.testing.assert_array_equal(x, y), got, expected)
+    reads = wm.WorldModel.from_bundle(reward_bundle()).for_obs("zh")
+    assert reads.mdnrnn.reward_input  # random weights read it on samples too: kept
+    model, params = drop_unread_reward_input(MDN, samples_only(reward_bundle().mdnrnn_params))
+    assert model is MDN

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from dreamenv.atomic import atomic_write_bytes
 from dreamenv.checkpoint import Bundle, load_bundle, module_config, save_bundle
-from dreamenv.mdnrnn import MEAN_PATH, MDNRNN, head_layout, previous_rewards
+from dreamenv.mdnrnn import MEAN_PATH, MDNRNN, gain_reward_input, previous_rewards
 from train.latents import LatentSet, vae_fingerprint
 from train.mdnrnn_loss import evaluate, gather_windows, sample_windows, window_loss
 from train.split import split_rollouts
@@ -114,20 +114,6 @@ def init_from(path: Path, model: MDNRNN, fingerprint: str, fresh):
         for layer in ("lstm", "head"):
             params["params"]["cell"][layer].update({name: fresh["params"]["cell"][layer][name] for name in MEAN_PATH})
     return params
-
-
-def gain_reward_input(params, model: MDNRNN):
-    """Params of the same model without `reward_input` -> params of `model` (with it) computing the
-    same function: a zero LSTM row for r_{t-1} (after z and a, before h) and head columns
-    reward_high = the old reward column, reward_event = 0, so the expected reward is the old one."""
-    cell = params["params"]["cell"]
-    at = model.latent_dim + model.action_dim  # the new input row
-    lstm = {k: jnp.insert(v, at, 0.0, axis=0) if k in ("kernel", "mean_kernel") else v for k, v in cell["lstm"].items()}
-    reward = head_layout(model.num_mixtures, model.latent_dim)["reward"]
-    grow = lambda w: jnp.concatenate([w, w[..., reward], jnp.zeros_like(w[..., reward])], axis=-1)
-    head = {**cell["head"], "out": {k: grow(v) for k, v in cell["head"]["out"].items()}}
-    head.update({k: grow(v) for k, v in cell["head"].items() if k in MEAN_PATH})
-    return {**params, "params": {**params["params"], "cell": {**cell, "lstm": lstm, "head": head}}}
 
 
 def optimizer(args):

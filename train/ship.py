@@ -41,6 +41,10 @@ FROZEN_NOTE = (", with the sample flag's mean path trained alone (`--freeze-samp
                "(flag 0); on samples (flag 1) the model is the `--init` one exactly")
 REWARD_NOTE = ("; it reads the previous step's reward (`--reward-input`, gained as the same function) and "
                "gives the reward as two levels and P(tile), which the dream samples and reads back")
+MEAN_REWARD_NOTE = ("; its mean path also reads the previous step's reward (`--reward-input`, gained as the "
+                    "same function) and gives the reward as two levels and P(tile); on samples, the dream's "
+                    "path, the reward input has no weight and the levels are one, so the dream pays the "
+                    "expected reward")
 FLAG_METRICS = """The MDN-RNN reads these real latents as what they are, encoder means (sample flag 0); rows marked
 "(flag 1)" feed the same latents with the dream's flag, as LatentCarRacing-v0's memory runs.
 """
@@ -123,17 +127,24 @@ def dream_strip(bundle: Bundle, shard: Path, steps: int, seed: int, dreams: int 
 def flag_note(bundle: Bundle, mdn_args: dict) -> str:
     """The card's words on how the MDN-RNN's sample flag was trained (none without the flag) and on
     its reward input."""
-    flag = "" if not bundle.mdnrnn.sample_flag else FROZEN_NOTE if mdn_args.get("freeze_sampled") else FLAG_NOTE
-    return flag + (REWARD_NOTE if bundle.mdnrnn.reward_input else "")
+    frozen = mdn_args.get("freeze_sampled") == "True"
+    flag = "" if not bundle.mdnrnn.sample_flag else FROZEN_NOTE if frozen else FLAG_NOTE
+    return flag + ((MEAN_REWARD_NOTE if frozen else REWARD_NOTE) if bundle.mdnrnn.reward_input else "")
 
 
-def reward_limit(bundle: Bundle) -> str:
+def reward_limit(bundle: Bundle, mdn_args: dict) -> str:
     """The card's known limit on the per-step reward."""
+    if bundle.mdnrnn.reward_input and mdn_args.get("freeze_sampled") == "True":
+        return """- Per-step reward is a tile-crossing spike the 64×64 frame barely shows. Fed the real rewards
+  (the mean path, teacher-forced), the model times the next one from the last ones; the dream, which
+  has only its own, pays the expected rate: its path does not read rewards, since trained to, its
+  rewards fed themselves (dreamenv/mdnrnn.py). The reward correlation marked "(flag 1)" is the dream
+  path's, the rate's."""
     if bundle.mdnrnn.reward_input:
         return """- Per-step reward is a tile-crossing spike the 64×64 frame barely shows; the model times the
-  next one from the rewards it has read (the real ones on LatentCarRacing-v0 and teacher-forced, its
-  own samples in the dream), so a dream's spikes are as well timed as its own earlier ones. The
-  −100 for leaving the playfield is not a level: the low level only dips there (see below)."""
+  next one from the rewards it has read (the real ones teacher-forced, its own samples in the dream),
+  so a dream's spikes are only as well timed as its own earlier ones, and can feed themselves
+  (dreamenv/mdnrnn.py)."""
     return """- Per-step reward is a tile-crossing spike the 64×64 frame barely shows, so the reward head
   predicts its expected rate; returns over many steps are much better predicted than single steps
   (see `python -m benchmarks.fidelity`)."""
@@ -274,7 +285,7 @@ Held-out frames (top) and their reconstructions (bottom):
   the actions; some dreams zoom in far sooner, and some stay in the zoomed-out map view (a dark
   frame) for hundreds of steps (the strip above may show one). `python -m benchmarks.zoom`
   measures both, per fixed control, against real rollouts.
-{reward_limit(bundle)}
+{reward_limit(bundle, mdn_args)}
 - Terminations are rare in the data (lap completions, leaving the playfield). The done head ranks
   the steps that end an episode above the rest (the AUC of `python -m benchmarks.fidelity`, which
   also counts where P(done) > 0.5 would end one), but on the dream's own path (flag 1) its P(done)

@@ -28,7 +28,6 @@ from gymnasium.envs.box2d.car_racing import CarRacing
 from dreamenv import world_model as wm
 from dreamenv.envs.dream import action_space, check_action, load_model, observation_space
 from dreamenv.frames import preprocess
-from dreamenv.mdnrnn import samples_only
 from dreamenv.vae import CPU_OPTIONS
 
 OPTIONS = {**wm.SEQUENTIAL_CPU, **CPU_OPTIONS}  # one frame's encoder and memory step: one thread, no YNNPACK convs
@@ -65,7 +64,7 @@ class RealObserver:
     """
 
     def __init__(self, model: wm.WorldModel, obs: str):
-        self.model, self.obs = model.replace(mdnrnn_params=samples_only(model.mdnrnn_params)), obs  # read as samples
+        self.model, self.obs = model.on_samples(), obs  # read as samples
         self._carry = self._z = None  # "pixels" needs neither
         self._reward = np.float32(0.0)  # r_{t-1}: none before the first step
 
