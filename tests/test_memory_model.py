@@ -134,15 +134,30 @@ def test_init_fine_tunes_from_a_bundle_and_refuses_a_mismatch(encoded, tmp_path)
         mdnrnn.train(other)
 
 
-def test_init_without_the_sample_flag_gains_it_as_the_same_function(encoded, tmp_path):
+def grown(encoded, tmp_path, steps=1, **options):
+    """A 20-step base, then `steps` more from it (--init) with `options` (e.g. sample_flag=True); one
+    step at lr 1e-9 barely moves. -> (base bundle, grown bundle)"""
     mdnrnn.train(mdn_args(encoded, tmp_path / "base", steps=20))
-    tuned = mdn_args(encoded, tmp_path / "tuned", steps=1)
-    tuned.init, tuned.lr, tuned.lr_end, tuned.sample_flag = tmp_path / "base" / "bundle", 1e-9, 1e-9, True
+    tuned = mdn_args(encoded, tmp_path / "tuned", steps=steps)
+    tuned.init = tmp_path / "base" / "bundle"
+    if steps == 1:
+        tuned.lr, tuned.lr_end = 1e-9, 1e-9
+    for k, v in options.items():
+        setattr(tuned, k, v)
     mdnrnn.train(tuned)
-    base, flagged = (load_bundle(tmp_path / d / "bundle") for d in ("base", "tuned"))
+    return tuple(load_bundle(tmp_path / d / "bundle") for d in ("base", "tuned"))
+
+
+def latents_and_actions():
+    """Random inputs for two 5-step rollouts: z [2, 5, 8], a [2, 5, 3]."""
+    rng = np.random.default_rng(1)
+    return rng.normal(size=(2, 5, 8)).astype(np.float32), rng.uniform(size=(2, 5, 3)).astype(np.float32)
+
+
+def test_init_without_the_sample_flag_gains_it_as_the_same_function(encoded, tmp_path):
+    base, flagged = grown(encoded, tmp_path, sample_flag=True)
     assert flagged.mdnrnn.sample_flag and not base.mdnrnn.sample_flag
-    z = np.random.default_rng(1).normal(size=(2, 5, 8)).astype(np.float32)
-    a = np.random.default_rng(2).uniform(size=(2, 5, 3)).astype(np.float32)
+    z, a = latents_and_actions()
     want = base.mdnrnn.apply(base.mdnrnn_params, base.mdnrnn.initial_carry(2), z, a)[1]["mu"]
     for flag in (0.0, 1.0):
         got = flagged.mdnrnn.apply(flagged.mdnrnn_params, flagged.mdnrnn.initial_carry(2), z, a, flag)[1]["mu"]
@@ -152,17 +167,12 @@ def test_init_without_the_sample_flag_gains_it_as_the_same_function(encoded, tmp
 
 
 def test_init_without_the_reward_input_gains_it_as_the_same_function_and_trains_it(encoded, tmp_path):
-    mdnrnn.train(mdn_args(encoded, tmp_path / "base", steps=20))
-    tuned = mdn_args(encoded, tmp_path / "tuned", steps=1)
-    tuned.init, tuned.lr, tuned.lr_end, tuned.reward_input = tmp_path / "base" / "bundle", 1e-9, 1e-9, True
-    mdnrnn.train(tuned)
-    base, grown = (load_bundle(tmp_path / d / "bundle") for d in ("base", "tuned"))
-    assert grown.mdnrnn.reward_input and not base.mdnrnn.reward_input
-    z = np.random.default_rng(1).normal(size=(2, 5, 8)).astype(np.float32)
-    a = np.random.default_rng(2).uniform(size=(2, 5, 3)).astype(np.float32)
+    base, reads = grown(encoded, tmp_path, reward_input=True)
+    assert reads.mdnrnn.reward_input and not base.mdnrnn.reward_input
+    z, a = latents_and_actions()
     r = np.random.default_rng(3).normal(size=(2, 5)).astype(np.float32)
     want = base.mdnrnn.apply(base.mdnrnn_params, base.mdnrnn.initial_carry(2), z, a)[1]
-    got = grown.mdnrnn.apply(grown.mdnrnn_params, grown.mdnrnn.initial_carry(2), z, a, 0.0, r)[1]
+    got = reads.mdnrnn.apply(reads.mdnrnn_params, reads.mdnrnn.initial_carry(2), z, a, 0.0, r)[1]
     for k in ("mu", "reward"):
         np.testing.assert_allclose(got[k], want[k], atol=1e-4)
     trained = mdn_args(encoded, tmp_path / "trained", steps=20)
@@ -201,17 +211,11 @@ def test_freeze_sampled_trains_the_mean_path_and_keeps_the_model_on_samples(enco
 def test_a_frozen_sample_path_gains_the_reward_input_without_reading_it(encoded, tmp_path):
     """--freeze-sampled --reward-input (the shipped recipe): the mean path learns to read rewards; on
     samples, whatever the rewards, the model is the base's, and the dream's two levels are one."""
-    mdnrnn.train(mdn_args(encoded, tmp_path / "base", steps=20))
-    tuned = mdn_args(encoded, tmp_path / "tuned", steps=20)
-    tuned.init, tuned.sample_flag, tuned.freeze_sampled, tuned.reward_input = (
-        tmp_path / "base" / "bundle", True, True, True)
-    mdnrnn.train(tuned)
-    base, grown = (load_bundle(tmp_path / d / "bundle") for d in ("base", "tuned"))
-    rng = np.random.default_rng(1)
-    z, a = rng.normal(size=(2, 5, 8)).astype(np.float32), rng.uniform(size=(2, 5, 3)).astype(np.float32)
-    r = np.where(rng.uniform(size=(2, 5)) < 0.3, 3.2, -0.1).astype(np.float32)
+    base, reads = grown(encoded, tmp_path, steps=20, sample_flag=True, freeze_sampled=True, reward_input=True)
+    z, a = latents_and_actions()
+    r = np.where(np.random.default_rng(2).uniform(size=(2, 5)) < 0.3, 3.2, -0.1).astype(np.float32)
     want = base.mdnrnn.apply(base.mdnrnn_params, base.mdnrnn.initial_carry(2), z, a)[1]
-    run = lambda flag, rewards: grown.mdnrnn.apply(grown.mdnrnn_params, grown.mdnrnn.initial_carry(2), z, a,
+    run = lambda flag, rewards: reads.mdnrnn.apply(reads.mdnrnn_params, reads.mdnrnn.initial_carry(2), z, a,
                                                    flag, rewards)[1]
     for rewards in (r, np.zeros_like(r)):
         got = run(1.0, rewards)
