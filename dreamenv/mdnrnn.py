@@ -23,9 +23,9 @@ was; a Python `sampled=1` (the dream's) skips the path, which then needs none of
 With `reward_input=True` the cell also reads r_{t-1}, the reward paid for the previous step (0 at
 reset): CarRacing pays a tile's reward on the one step the car crosses it, and that phase is not in
 the 64×64 frame, but the steps since the last tile (at the car's speed) tell it. Measured with probes
-on a model's held-out rollouts: the next reward's correlation went from 0.49 (h alone) to 0.77 (h and
-the last 8 rewards). A model that reads its rewards must be able to produce them in a dream, so its
-head gives the reward as two levels: `reward_logit` for P(r_t > 0) (a tile), `reward_low` and
+on a model's held-out rollouts: the next reward's correlation went from 0.49 (h alone) to 0.77 (h, the
+last 8 rewards and the steps since the last tile). A model that reads its rewards must be able to
+produce them in a dream, so its head gives the reward as two levels: `reward_logit` for P(r_t > 0) (a tile), `reward_low` and
 `reward_high` its expected value below and above; `reward` is their expectation. The dream samples
 which level it pays and feeds that back (`world_model.step`). But a dream that reads its own
 rewards makes them feed themselves: trained so on both paths (the pipeline's 620 rollouts, 8000
