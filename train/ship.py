@@ -25,6 +25,7 @@ from dreamenv import world_model as wm
 from dreamenv.atomic import atomic_write_bytes
 from dreamenv.checkpoint import Bundle, load_bundle, save_bundle
 from dreamenv.frames import to_float
+from dreamenv.mdnrnn import drop_unread_reward_input, samples_only
 from dreamenv.shards import list_shards, load_shard
 from train.iterate import bundle_of
 from train.latents import vae_fingerprint
@@ -127,14 +128,21 @@ def dream_strip(bundle: Bundle, shard: Path, steps: int, seed: int, dreams: int 
 def flag_note(bundle: Bundle, mdn_args: dict) -> str:
     """The card's words on how the MDN-RNN's sample flag was trained (none without the flag) and on
     its reward input."""
-    frozen = mdn_args.get("freeze_sampled") == "True"
+    frozen = mdn_args.get("freeze_sampled") == "True"  # stored as strings: "False" is truthy
     flag = "" if not bundle.mdnrnn.sample_flag else FROZEN_NOTE if frozen else FLAG_NOTE
-    return flag + ((MEAN_REWARD_NOTE if frozen else REWARD_NOTE) if bundle.mdnrnn.reward_input else "")
+    return flag + ((REWARD_NOTE if dream_reads_rewards(bundle) else MEAN_REWARD_NOTE)
+                   if bundle.mdnrnn.reward_input else "")
 
 
-def reward_limit(bundle: Bundle, mdn_args: dict) -> str:
+def dream_reads_rewards(bundle: Bundle) -> bool:
+    """Whether the dream's path (on samples) reads the previous reward: the check the envs make
+    before they drop an unread input (`drop_unread_reward_input`)."""
+    return drop_unread_reward_input(bundle.mdnrnn, samples_only(bundle.mdnrnn_params))[0].reward_input
+
+
+def reward_limit(bundle: Bundle) -> str:
     """The card's known limit on the per-step reward."""
-    if bundle.mdnrnn.reward_input and mdn_args.get("freeze_sampled") == "True":
+    if bundle.mdnrnn.reward_input and not dream_reads_rewards(bundle):
         return """- Per-step reward is a tile-crossing spike the 64×64 frame barely shows. Fed the real rewards
   (the mean path, teacher-forced), the model times the next one from the last ones; the dream, which
   has only its own, pays the expected rate: its path does not read rewards, since trained to, its
@@ -285,7 +293,7 @@ Held-out frames (top) and their reconstructions (bottom):
   the actions; some dreams zoom in far sooner, and some stay in the zoomed-out map view (a dark
   frame) for hundreds of steps (the strip above may show one). `python -m benchmarks.zoom`
   measures both, per fixed control, against real rollouts.
-{reward_limit(bundle, mdn_args)}
+{reward_limit(bundle)}
 - Terminations are rare in the data (lap completions, leaving the playfield). The done head ranks
   the steps that end an episode above the rest (the AUC of `python -m benchmarks.fidelity`, which
   also counts where P(done) > 0.5 would end one), but on the dream's own path (flag 1) its P(done)
