@@ -96,17 +96,23 @@ def test_pipeline_builds_a_loadable_bundle_and_reruns_as_a_no_op(tmp_path):
     with pytest.raises(SystemExit, match="use it with --iterations 0"):
         pipeline.main([*args, "--base", str(source), "--base-agent", str(driver), "--iterations", "1"])
     assert pipeline.main([*args, "--base", str(source), "--base-agent", str(driver), "--final-from", "0",
-                          "--final-rollouts", "1", "--final-policy", "ou", "--final-reward-input"]) == 0
+                          "--final-rollouts", "1", "--final-policy", "ou", "--final-reward-input",
+                          "--final-start-fraction", "0.5"]) == 0
     record = json.loads((again / "pipeline.json").read_text())
     assert set(record["stage_seconds"]) == {"collect", "collect-perturbed", "base", "base-collect", "encode",
-                                            "final-collect", "final-encode", "final-mdnrnn", "final-agent"}
+                                            "final-collect", "final-encode", "final-dream", "final-mdnrnn",
+                                            "final-agent"}
     driven, wandered = json.loads((again / "rollouts" / "manifest.json").read_text())["shards"][-2:]
     assert (driven["episode"], driven["policy"], driven["model"]) == (3, str(driver), str(source))
     assert (wandered["episode"], wandered["policy"]) == (4, "ou")  # for the final model alone, numbered last
     base = load_bundle(again / "bundle")
     assert base.metadata["base"]["bundle"] == str(source) and base.metadata["base"]["metadata"]["iteration"] == 1
+    dream = load_bundle(again / "final" / "dream" / "bundle")  # the dream's path, fine-tuned from the base first
+    assert (dream.metadata["mdnrnn_args"]["init"], dream.metadata["mdnrnn_args"]["start_fraction"]) == (
+        str(again / "bundle"), "0.5")
+    assert not dream.mdnrnn.sample_flag and dream.metadata["train_rollouts"] + dream.metadata["heldout_rollouts"] == 5
     final = load_bundle(again / "final" / "bundle")
-    assert final.mdnrnn.sample_flag and final.metadata["mdnrnn_args"]["init"] == str(again / "bundle")
+    assert final.mdnrnn.sample_flag and final.metadata["mdnrnn_args"]["init"] == str(again / "final" / "dream" / "bundle")
     assert final.mdnrnn.reward_input and final.metadata["mdnrnn_args"]["freeze_sampled"] == "True"
     assert final.metadata["train_rollouts"] + final.metadata["heldout_rollouts"] == 5
     for got, want in zip(jax.tree_util.tree_leaves(final.vae_params), jax.tree_util.tree_leaves(load_bundle(source).vae_params)):
@@ -125,3 +131,4 @@ def test_pipeline_builds_a_loadable_bundle_and_reruns_as_a_no_op(tmp_path):
     assert "row \"final\"; the data includes 1 rollout of `ou` collected for it alone, `--final-rollouts`)" in text
     assert "| final | 5 |" in text and "--base-agent" in text and record["base_agent"] == str(driver)
     assert "given the sample flag and the reward input" in text and "(`--reward-input`" in text
+    assert "a share 0.5 of the windows\n  starting at an episode's first step" in text and "stage `final-dream`" in text

@@ -36,6 +36,11 @@ def bundle_of(out: Path, i: int | str) -> Path:
     return out / "bundle" if i == 0 else iteration_dir(out, i) / "bundle"
 
 
+def dream_bundle(out: Path) -> Path:
+    """The final model's dream path when fine-tuned first (stage "final-dream", see `final_stages`)."""
+    return iteration_dir(out, "final") / "dream" / "bundle"
+
+
 def agent_file(out: Path, i: int) -> Path:
     return iteration_dir(out, i) / "agent" / "agent.zip"
 
@@ -102,13 +107,30 @@ def final_stages(out: Path, s: dict, source: int, seed: int) -> list[tuple]:
     from real latents use the new path), and a fresh agent trained in its dream, scored on the real game.
     With s["final_reward_input"] the model also gains the reward input (--reward-input), which only
     the mean path learns to read: on samples it stays iteration `source`'s model (see
-    dreamenv/mdnrnn.py for why the dream's path does not read rewards)."""
-    steps = s["final_mdn_steps"]
+    dreamenv/mdnrnn.py for why the dream's path does not read rewards).
+
+    With s["final_start_fraction"] F > 0 the dream's path changes first (stage "final-dream",
+    DIR/final/dream): iteration `source`'s MDN-RNN fine-tuned on all the data (samples, as an
+    iteration's) with a share F of its windows starting at an episode's first step, where every dream
+    starts (train.mdnrnn --start-fraction: the dream then zooms in as the game does); the mean path is
+    then trained on that model."""
+    steps, data = s["final_mdn_steps"], ["--latents", str(out / "latents"), "--vae", str(out / "vae")]
     paths = ["--freeze-sampled", *(["--reward-input"] if s.get("final_reward_input") else [])]
+    dream, init = [], bundle_of(out, source)
+    if s.get("final_start_fraction"):
+        dream_steps = s["iter_mdn_steps"]
+        dream = [("final-dream", mdnrnn.main,
+                  [*data, "--out", str(dream_bundle(out).parent / "mdnrnn"), "--bundle", str(dream_bundle(out)),
+                   "--init", str(init),
+                   "--start-fraction", f"{s['final_start_fraction']:g}", "--steps", str(dream_steps),
+                   "--seq-len", str(s["seq_len"]), "--lr", str(s["iter_lr"]), "--lr-end", f"{s['iter_lr'] / 10:g}",
+                   "--eval-every", str(max(dream_steps // 2, 1)), "--seed", str(seed + 1)])]
+        init = dream_bundle(out)
     return [
+        *dream,
         ("final-mdnrnn", mdnrnn.main,
-         ["--latents", str(out / "latents"), "--vae", str(out / "vae"), "--out", str(out / "final" / "mdnrnn"),
-          "--bundle", str(bundle_of(out, "final")), "--init", str(bundle_of(out, source)), "--sample-flag",
+         [*data, "--out", str(out / "final" / "mdnrnn"),
+          "--bundle", str(bundle_of(out, "final")), "--init", str(init), "--sample-flag",
           *paths, "--steps", str(steps), "--seq-len", str(s["seq_len"]),
           "--eval-every", str(max(steps // 4, 1)), "--seed", str(seed + 1)]),
         agent_stage(out, s, "final", seed, name="final-agent"),

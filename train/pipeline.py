@@ -76,6 +76,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--final-reward-input", action="store_true",
                    help="the final model's mean path also reads the previous reward (train.mdnrnn "
                         "--reward-input); on samples, the dream's path, it stays the --final-from model")
+    p.add_argument("--final-start-fraction", type=float, default=0.0,
+                   help="first fine-tune the --final-from model's dream path with this share of windows starting "
+                        "at an episode's first step (stage final-dream; see train/iterate.py final_stages)")
     p.add_argument("--final-policy", default="ou",
                    help="the policy of the --final-rollouts rollouts collected for the final model alone")
     p.add_argument("--base", type=Path, default=None,
@@ -91,7 +94,7 @@ def settings(args) -> dict:
     preset = dict(PRESETS["quick" if args.quick else "full"])
     preset.update({k: getattr(args, k) for k in preset if getattr(args, k) is not None})
     return {**preset, "policy": args.policy, "final_policy": args.final_policy, "iter_lr": ITER_LR,
-            "final_reward_input": args.final_reward_input}
+            "final_reward_input": args.final_reward_input, "final_start_fraction": args.final_start_fraction}
 
 
 def stages(args, s: dict) -> list[tuple[str, callable, list[str]]]:

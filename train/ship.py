@@ -27,7 +27,7 @@ from dreamenv.checkpoint import Bundle, load_bundle, save_bundle
 from dreamenv.frames import to_float
 from dreamenv.mdnrnn import drop_unread_reward_input, samples_only
 from dreamenv.shards import list_shards, load_shard
-from train.iterate import bundle_of
+from train.iterate import bundle_of, dream_bundle
 from train.latents import vae_fingerprint
 from train.mdnrnn import load_split
 from train.mdnrnn_loss import evaluate
@@ -158,6 +158,15 @@ def reward_limit(bundle: Bundle) -> str:
   (see `python -m benchmarks.fidelity`)."""
 
 
+def dream_line(run: Path, started: str) -> str:
+    """The card's line on a final model whose dream path was fine-tuned first (stage final-dream)."""
+    args = load_bundle(dream_bundle(run)).metadata["mdnrnn_args"]
+    return (f"- The dream's path (the model on samples, flag 1) was first {started} MDN-RNN fine-tuned on all the data: "
+            f"{args['steps']} steps at lr {args['lr']} to {args['lr_end']}, a share {args['start_fraction']} of the "
+            f"windows\n  starting at an episode's first step, where every dream starts "
+            f"(`--final-start-fraction`, stage `final-dream`); the mean path was then trained on it.\n")
+
+
 def vae_line(history: list[dict]) -> str:
     """The card's line on a VAE trained by the run (train.vae's metrics history)."""
     return (f"- VAE (paper layout, latent 32, KL free bits 0.5/dim): {history[-1]['step']} Adam steps of 64\n"
@@ -261,7 +270,7 @@ MDN-RNN hold out the same ones; {vae_seen(vae_info)}).
 {base_lines(meta, vae_info) if vae_info.get("adopted_from") else vae_line(vae_hist)}
 - MDN-RNN (LSTM 256, 5 components, {"residual" if bundle.mdnrnn.residual else "absolute"} means): {mdn_args.get("steps")} steps{" (this iteration's fine-tuning)" if iteration else ""}, batch
   {mdn_args.get("batch_size")}, windows of {mdn_args.get("seq_len")}, z noise {mdn_args.get("z_noise")}{flag_note(bundle, mdn_args)}.
-{iterations}- Pipeline settings: `{json.dumps(pipeline.get("settings", {}))}`; wall seconds per stage (summed
+{dream_line(run, started) if final and pipeline.get("settings", {}).get("final_start_fraction") else ""}{iterations}- Pipeline settings: `{json.dumps(pipeline.get("settings", {}))}`; wall seconds per stage (summed
   over invocations, resumes included): `{json.dumps(pipeline.get("stage_seconds", {}))}`.
 
 ## Held-out metrics (float32 vs the shipped float16)
