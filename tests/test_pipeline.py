@@ -132,3 +132,4 @@ def test_pipeline_builds_a_loadable_bundle_and_reruns_as_a_no_op(tmp_path):
     assert "| final | 5 |" in text and "--base-agent" in text and record["base_agent"] == str(driver)
     assert "given the sample flag and the reward input" in text and "(`--reward-input`" in text
     assert "a share 0.5 of the windows\n  starting at an episode's first step" in text and "stage `final-dream`" in text
+    assert "fine-tuned on windows from episode starts (above), so most dreams zoom in on time" in text

@@ -167,6 +167,19 @@ def dream_line(run: Path, started: str) -> str:
             f"(`--final-start-fraction`, stage `final-dream`); the mean path was then trained on it.\n")
 
 
+def zoom_limit(start_trained: bool) -> str:
+    """The card's known limit on the dream's zoom-in (start_trained: its path saw windows from episode starts)."""
+    if start_trained:
+        return """- The real game zooms in over its first 50 steps whatever the actions. This dream's path was
+  fine-tuned on windows from episode starts (above), so most dreams zoom in on time, but a few per
+  cent stay in, or fall back to, a dark frame for a while. `python -m benchmarks.zoom` measures
+  both, per fixed control, against real rollouts."""
+    return """- The dream's zoom-in at the start is off: the real game zooms in over its first 50 steps whatever
+  the actions; some dreams zoom in far sooner, and some stay in the zoomed-out map view (a dark
+  frame) for hundreds of steps (the strip above may show one). `python -m benchmarks.zoom`
+  measures both, per fixed control, against real rollouts."""
+
+
 def vae_line(history: list[dict]) -> str:
     """The card's line on a VAE trained by the run (train.vae's metrics history)."""
     return (f"- VAE (paper layout, latent 32, KL free bits 0.5/dim): {history[-1]['step']} Adam steps of 64\n"
@@ -298,10 +311,7 @@ Held-out frames (top) and their reconstructions (bottom):
 
 ## Known limits
 
-- The dream's zoom-in at the start is off: the real game zooms in over its first 50 steps whatever
-  the actions; some dreams zoom in far sooner, and some stay in the zoomed-out map view (a dark
-  frame) for hundreds of steps (the strip above may show one). `python -m benchmarks.zoom`
-  measures both, per fixed control, against real rollouts.
+{zoom_limit(final and bool(pipeline.get("settings", {}).get("final_start_fraction")))}
 {reward_limit(bundle)}
 - Terminations are rare in the data (lap completions, leaving the playfield). The done head ranks
   the steps that end an episode above the rest (the AUC of `python -m benchmarks.fidelity`, which
