@@ -127,7 +127,7 @@ def test_pipeline_builds_a_loadable_bundle_and_reruns_as_a_no_op(tmp_path):
     assert "(built by `python -m train.pipeline --quick" in text and "(`--base-agent`) drove 1 new real" in text
     assert {"git_commit", "git_uncommitted_changes"} <= set(record) and record["base"]["git_commit"] != "unknown"
     assert f"as it was at git commit `{record['base']['git_commit']}`" in text  # when it was adopted
-    assert f"Base model: `{source}`" in text and "the base model's (`--base`) MDN-RNN given the sample flag" in text
+    assert f"Base model: `{source}`" in text and "the base model's (`--base`) MDN-RNN (its dream path fine-tuned as above) given the sample flag" in text
     assert "row \"final\"; the data includes 1 rollout of `ou` collected for it alone, `--final-rollouts`)" in text
     assert "| final | 5 |" in text and "--base-agent" in text and record["base_agent"] == str(driver)
     assert "given the sample flag and the reward input" in text and "(`--reward-input`" in text

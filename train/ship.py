@@ -161,7 +161,7 @@ def reward_limit(bundle: Bundle) -> str:
 def dream_line(run: Path, started: str) -> str:
     """The card's line on a final model whose dream path was fine-tuned first (stage final-dream)."""
     args = load_bundle(dream_bundle(run)).metadata["mdnrnn_args"]
-    return (f"- The dream's path (the model on samples, flag 1) was first {started} MDN-RNN fine-tuned on all the data: "
+    return (f"- The dream's path (the model on samples, flag 1) is {started} MDN-RNN fine-tuned first, on all the data: "
             f"{args['steps']} steps at lr {args['lr']} to {args['lr_end']}, a share {args['start_fraction']} of the "
             f"windows\n  starting at an episode's first step, where every dream starts "
             f"(`--final-start-fraction`, stage `final-dream`); the mean path was then trained on it.\n")
@@ -241,7 +241,9 @@ def card(run: Path, bundle: Bundle, table: dict, dtype: str, size_mb: float, dre
     extra = (f"; the data includes {extra} rollout{'s' * (extra != 1)} of `{pipeline['settings']['final_policy']}` collected for it "
              f"alone, `--final-rollouts`" if extra else "")
     gained = "the sample flag and the reward input" if bundle.mdnrnn.reward_input else "the sample flag"
-    which = (f"this is {started} MDN-RNN given {gained}, trained on all\n  the data "
+    dreamed = final and pipeline.get("settings", {}).get("final_start_fraction")
+    which = (f"this is {started} MDN-RNN{' (its dream path fine-tuned as above)' if dreamed else ''} given {gained}, "
+             f"trained on all\n  the data "
              f"(`--final-from {source}`, row \"final\"{extra})" if final else f"this is the model of\n  iteration {iteration}")
     episodes = pipeline.get("settings", {}).get("iter_episodes")
     how = (f"""The base model's dream-trained agent (`--base-agent`) drove {episodes} new real rollouts through it (with
@@ -283,7 +285,7 @@ MDN-RNN hold out the same ones; {vae_seen(vae_info)}).
 {base_lines(meta, vae_info) if vae_info.get("adopted_from") else vae_line(vae_hist)}
 - MDN-RNN (LSTM 256, 5 components, {"residual" if bundle.mdnrnn.residual else "absolute"} means): {mdn_args.get("steps")} steps{" (this iteration's fine-tuning)" if iteration else ""}, batch
   {mdn_args.get("batch_size")}, windows of {mdn_args.get("seq_len")}, z noise {mdn_args.get("z_noise")}{flag_note(bundle, mdn_args)}.
-{dream_line(run, started) if final and pipeline.get("settings", {}).get("final_start_fraction") else ""}{iterations}- Pipeline settings: `{json.dumps(pipeline.get("settings", {}))}`; wall seconds per stage (summed
+{dream_line(run, started) if dreamed else ""}{iterations}- Pipeline settings: `{json.dumps(pipeline.get("settings", {}))}`; wall seconds per stage (summed
   over invocations, resumes included): `{json.dumps(pipeline.get("stage_seconds", {}))}`.
 
 ## Held-out metrics (float32 vs the shipped float16)
@@ -311,7 +313,7 @@ Held-out frames (top) and their reconstructions (bottom):
 
 ## Known limits
 
-{zoom_limit(final and bool(pipeline.get("settings", {}).get("final_start_fraction")))}
+{zoom_limit(bool(dreamed))}
 {reward_limit(bundle)}
 - Terminations are rare in the data (lap completions, leaving the playfield). The done head ranks
   the steps that end an episode above the rest (the AUC of `python -m benchmarks.fidelity`, which
