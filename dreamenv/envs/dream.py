@@ -124,8 +124,9 @@ def check_temperature(temperature) -> float:
 
 def key_chains(generators) -> jax.Array:
     """np.random.Generators, one per env -> [N, 2] uint32: the raw data of N threefry key chains, each
-    seeded with 64 bits of its generator. Envs keep their chains raw between calls: a typed key array
-    costs ~15 µs to pass into and out of a jitted call, a quarter of a single env's step."""
+    seeded with 64 bits of its generator. Envs keep their chains raw between calls: passing typed key
+    arrays into and out of the jitted call cost a single env ~9 µs a step (measured back to back, 97–102
+    -> 90–91 µs)."""
     return jnp.asarray(np.stack([g.integers(0, 2**32, 2, dtype=np.uint32) for g in generators]))
 
 
