@@ -26,9 +26,11 @@ playfield end).
 BUNDLE is its iteration 0 (train/adopt.py, stage "base", in place of "vae" and "mdnrnn");
 `--base-agent AGENT` (BUNDLE's dream-trained agent) then drives --iter-episodes more real rollouts
 through BUNDLE before encoding, as an iteration's collect does (stage "base-collect"). The shipped
-model is `--base <the model shipped before> --base-agent <its driver> --final-from 0`: that model
-given the sample flag's mean path, trained on fresh data (its driver's included); on samples, so
-in the dream and in LatentCarRacing-v0's memory, it is that model exactly.
+model is `--base <a model shipped before> --base-agent <its driver> --final-from 0
+--final-start-fraction 0.1 --final-reward-input`: that model's MDN-RNN with its dream path
+fine-tuned on windows from episode starts (stage "final-dream"), then given the sample flag's mean
+path, trained on fresh data (its driver's included); on samples, so in the dream and in
+LatentCarRacing-v0's memory, it is the final-dream model exactly (see the README for the recipe).
 
 Every stage skips what is already done (finished shards, encoded rollouts) or resumes from its
 checkpoint, so rerunning the same command after an interruption carries on where it stopped.
