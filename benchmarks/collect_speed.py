@@ -1,6 +1,6 @@
 """Collection throughput: one worker process against W, on the same episodes, in one run.
 
-`python -m benchmarks.collect_speed` runs train/collect.py's `collect` (stepping CarRacing-v3,
+`python -m benchmarks.collect_speed` runs train/collect.py's `run` (stepping CarRacing-v3,
 the policy, preprocessing, compressing and atomically saving shards) into temporary folders
 with 1 worker and with W, alternating, `--repeats` times each, and reports the best frames/s
 (wall clock, worker start-up included) and the scaling ratio rate_W / (W · rate_1); the target
@@ -23,7 +23,7 @@ import gymnasium as gym
 
 from benchmarks.throughput import env_stepper, random_actions
 from dreamenv.shards import atomic_write
-from train.collect import CollectConfig, collect, default_workers
+from train.collect import CollectConfig, default_workers, run
 
 
 def measure(workers: int, episodes: int, policy: str, seed: int, max_steps: int) -> dict:
@@ -31,8 +31,9 @@ def measure(workers: int, episodes: int, policy: str, seed: int, max_steps: int)
     load = os.getloadavg()[0]
     cpu_before = _children_cpu_seconds()
     with tempfile.TemporaryDirectory() as tmp:
-        config = CollectConfig(out=Path(tmp), policy=policy, seed=seed, max_steps=max_steps)
-        result = collect(config, episodes, workers, progress=False)
+        config = CollectConfig(out=Path(tmp), episodes=episodes, workers=workers, policy=policy, seed=seed,
+                               max_steps=max_steps)
+        result = run(config, progress=False)
     if result.failures:
         raise RuntimeError(f"benchmarks/collect_speed.py: collection failed: {result.failures}")
     return {

@@ -22,7 +22,8 @@ import numpy as np
 from benchmarks import emit
 from dreamenv import MAX_EPISODE_STEPS
 from dreamenv import world_model as wm
-from dreamenv.envs.dream import DEFAULT_MODEL, check_temperature, load_model
+from dreamenv.envs.spaces import check_temperature
+from dreamenv.model import DEFAULT_MODEL, load_model
 from train.mdnrnn_loss import average_ranks
 
 CONTROLS = {  # name -> (steer, gas, brake)

@@ -38,7 +38,7 @@ from benchmarks.open_loop import open_loop, teacher_forced
 from dreamenv import world_model as wm
 from dreamenv.atomic import atomic_write
 from dreamenv.checkpoint import Bundle, load_bundle
-from dreamenv.envs.dream import DEFAULT_MODEL
+from dreamenv.model import DEFAULT_MODEL
 from train.mdnrnn_loss import auc
 
 MAX_HORIZON = 200
@@ -230,15 +230,11 @@ def run(
     real = load_real(world, paths, horizon, starts, seed, grid, VIDEO_STARTS)
     t_data = time.perf_counter()
 
-    forced = partial(teacher_forced, world, real.z, real.action, real.reward, real.start_rollout, real.start_t)
-    warm, tf = forced()
-    if bundle.mdnrnn.sample_flag:  # dreams go on from the carry LatentCarRacing-v0's memory builds
-        warm, _ = forced(sampled=1.0)
+    warm, tf = teacher_forced(world, real.z, real.action, real.start_rollout, real.start_t)
     idx = real.start_t[:, None] + np.arange(horizon)  # [N, H]: t = s + h - 1, predicting z_{s+h}
     r = real.start_rollout[:, None]
     target, z_s = real.z[r, idx + 1], real.z[real.start_rollout, real.start_t]  # [N, H, D], [N, D]
-    r_s = np.where(real.start_t > 0, real.reward[real.start_rollout, real.start_t - 1], 0.0)  # [N]: r_{s-1}
-    mean, sampled = open_loop(world, warm, z_s, r_s, real.action[r, idx], target, jax.random.key(seed),
+    mean, sampled = open_loop(world, warm, z_s, real.action[r, idx], target, jax.random.key(seed),
                               temperature, samples)
     tf, mean, sampled = jax.device_get((tf, mean, sampled))
     t_model = time.perf_counter()

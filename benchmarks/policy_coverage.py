@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from dreamenv.shards import atomic_write
-from train.collect import CollectConfig, default_workers, collect
+from train import collect
+from train.collect import CollectConfig, default_workers
 from train.policies import POLICIES
 
 COLUMNS = {  # report key -> (header, format)
@@ -69,8 +70,8 @@ def main(argv: list[str] | None = None) -> None:
     reports = {}
     for name in args.policies:
         with tempfile.TemporaryDirectory() as tmp:
-            config = CollectConfig(out=Path(tmp), policy=name, seed=args.seed, max_steps=args.max_steps)
-            result = collect(config, args.episodes, args.workers)
+            result = collect.run(CollectConfig(out=Path(tmp), policy=name, seed=args.seed, max_steps=args.max_steps,
+                                               episodes=args.episodes, workers=args.workers))
         if result.failures:
             raise RuntimeError(f"benchmarks/policy_coverage.py: policy '{name}' failed: {result.failures}")
         reports[name] = summarize(list(result.entries.values()))

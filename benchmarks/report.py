@@ -29,9 +29,10 @@ import jax
 from benchmarks import fidelity, throughput
 from benchmarks.fidelity_tables import markdown as fidelity_markdown
 from dreamenv.atomic import atomic_write
-from dreamenv.envs.dream import DEFAULT_MODEL
+from dreamenv.model import DEFAULT_MODEL
 from dreamenv.shards import list_shards
-from train.collect import CollectConfig, collect, default_workers
+from train import collect
+from train.collect import CollectConfig, default_workers
 from train.provenance import git_state
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,8 +82,8 @@ def fresh_rollouts(shards: Path, episodes: int, max_steps: int) -> None:
     if shards.is_dir() and list_shards(shards):
         return
     print(f"no shards in {shards}: collecting {episodes} real CarRacing-v3 rollouts there (seed {FRESH_SEED})")
-    config = CollectConfig(out=shards, seed=FRESH_SEED, max_steps=max_steps)
-    result = collect(config, episodes, min(default_workers(), episodes))
+    result = collect.run(CollectConfig(out=shards, seed=FRESH_SEED, max_steps=max_steps, episodes=episodes,
+                                       workers=min(default_workers(), episodes)))
     if result.failures:
         raise RuntimeError(f"collecting {shards} failed for episodes {sorted(result.failures)}")
 

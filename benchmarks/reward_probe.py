@@ -32,12 +32,12 @@ FEATURES = {"h": ("h",), "h, z_t, z_t+1": ("h", "z", "z_next")}
 def features(bundle, data, rollouts, chunk: int = 16) -> dict:
     """Every transition t < length − 1 of rollouts [R] of `data` (LatentSet) -> {h [N, H], z, z_next
     [N, D], reward, head [N]}: h = h_{t+1}, the state the reward head reads."""
-    run = jax.jit(lambda p, mu, a, r: unroll_rollouts(bundle.mdnrnn, p, mu, a, r))
+    run = jax.jit(lambda p, mu, a: unroll_rollouts(bundle.mdnrnn, p, mu, a))
     out = {k: [] for k in ("h", "z", "z_next", "reward", "head")}
     for lo in range(0, len(rollouts), chunk):
         idx = rollouts[lo : lo + chunk]
         mu, action, length = data.mu[idx], data.action[idx], data.length[idx]
-        head = jax.device_get(run(bundle.mdnrnn_params, mu, action, data.reward[idx]))
+        head = jax.device_get(run(bundle.mdnrnn_params, mu, action))
         valid = np.arange(mu.shape[1] - 1)[None, :] < (length[:, None] - 1)  # [n, T-1]
         out["h"].append(head["h"][:, :-1][valid])
         out["z"].append(mu[:, :-1][valid])

@@ -1,6 +1,6 @@
 """The plain PyTorch reference for `benchmarks.vae_speed`: the paper's ConvVAE, trained as usual.
 
-Same architecture, loss and optimizer as `dreamenv.vae.VAE(decoder="paper")` with
+Same architecture, loss and optimizer as `dreamenv.vae.VAE` with
 `train.vae.vae_loss` (NHWC frames in, NCHW inside, as a PyTorch user would write it).
 """
 

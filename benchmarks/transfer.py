@@ -18,7 +18,8 @@ import argparse  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from benchmarks import emit  # noqa: E402
-from dreamenv.envs.dream import DEFAULT_MODEL, check_temperature, load_model  # noqa: E402
+from dreamenv.envs.spaces import check_temperature  # noqa: E402
+from dreamenv.model import DEFAULT_MODEL, load_model  # noqa: E402
 from train.evaluate import evaluate_dream, evaluate_real, summary  # noqa: E402
 
 TEMPERATURES = (0.75, 1.0, 1.15, 1.3)

@@ -1,7 +1,7 @@
 """VAE training throughput: this project's JAX train step against plain PyTorch, in one run.
 
 `python -m benchmarks.vae_speed` starts one worker process per implementation: PyTorch's
-paper VAE (`benchmarks/torch_vae.py`) and `train.vae.make_train_step` for each JAX decoder;
+paper VAE (`benchmarks/torch_vae.py`) and this project's (`train.vae.make_train_step`);
 same batch size, loss (summed squared error + free-bits KL) and Adam. Each worker compiles and
 warms up, then the workers take turns running --steps training steps on one uint8 batch
 (converted to float every step, as in training), --rounds times, so load from other jobs hits
@@ -26,7 +26,7 @@ import numpy as np
 from dreamenv.atomic import atomic_write_bytes
 from dreamenv.frames import to_float
 
-TORCH = "torch"
+TORCH, JAX = "torch", "jax"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -35,10 +35,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--steps", type=int, default=5, help="training steps per round")
     p.add_argument("--rounds", type=int, default=7)
-    p.add_argument("--decoders", nargs="+", default=["paper", "subpixel"], help="JAX decoders to time")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--out", type=Path, default=Path("benchmarks/out/vae_speed.json"))
-    p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: "torch" or "jax:<decoder>"
+    p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: "torch" or "jax"
     return p.parse_args(argv)
 
 
@@ -65,7 +64,7 @@ def make_runner(impl: str, batch_size: int, lr: float):
     from dreamenv.vae import VAE, init_vae
     from train.vae import make_train_step
 
-    model = VAE(decoder=impl.removeprefix("jax:"))
+    model = VAE()
     key = jax.random.key(0)
     params = init_vae(model, key)
     state = {"params": params, "opt_state": optax.adam(lr).init(params), "step": 0}
@@ -120,7 +119,7 @@ class Worker:
 
 
 def measure(args: argparse.Namespace) -> dict:
-    impls = [TORCH] + [f"jax:{d}" for d in args.decoders]
+    impls = [TORCH, JAX]
     load_before = os.getloadavg()[0]
     workers = [Worker(impl, args) for impl in impls]
     try:

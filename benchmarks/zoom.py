@@ -35,7 +35,8 @@ from benchmarks import emit
 from benchmarks.controls import CONTROLS
 from benchmarks.fidelity_data import chunked, select_shards
 from dreamenv import world_model as wm
-from dreamenv.envs.dream import DEFAULT_MODEL, check_temperature, load_model
+from dreamenv.envs.spaces import check_temperature
+from dreamenv.model import DEFAULT_MODEL, load_model
 from dreamenv.shards import load_shard
 
 ZOOMED_OUT_BEFORE = 20  # real frames before this step are labelled zoomed out

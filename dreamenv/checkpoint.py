@@ -1,12 +1,14 @@
 """Model bundles: everything `dreamenv` needs to run a world model, in one folder.
 
     <bundle>/config.json     format version, VAE + MDN-RNN + frame configs, params checksum,
-                             storage dtype, metadata (data size, metrics, command, commit)
+                             storage dtype, metadata (flat and small: data size, metrics, and the
+                             command and commit that built it)
     <bundle>/params.msgpack  flax-serialized {"vae": ..., "mdnrnn": ..., "start_latents": [N, D]}
 
 A bundle is written into a temp folder and swapped into place, so a reader never sees a
 half-written one. Loading validates the version, the checksum and every array's shape
-against the modules the config rebuilds, and raises `BundleError` naming the path.
+against the modules the config rebuilds, and raises `BundleError` naming the path. There is one
+format, FORMAT_VERSION; a bundle of another version raises `BundleError` saying how to rebuild it.
 """
 
 from __future__ import annotations
@@ -28,13 +30,13 @@ from dreamenv.frames import FrameConfig
 from dreamenv.mdnrnn import MDNRNN
 from dreamenv.vae import VAE
 
-# 5: the MDN-RNN config may set `sample_flag`; 4: its LSTM and head are one matrix each (3: flax's
-# LSTMCell, 5 head layers). 4 reads as 5 without the flag; 3 is converted on load (`fuse_v3_mdnrnn`).
-FORMAT_VERSION = 6
-READABLE_VERSIONS = (3, 4, 5, 6)  # 2 had no `residual` field; 6 added the MDN-RNN's `reward_input`
+# 7: the plain MDN-RNN (fused LSTM kernel, one head layer) and the paper's VAE, nothing else. Versions
+# 3-6 held model variants that no environment runs (see docs/RESULTS.md, "Removed experiments").
+FORMAT_VERSION = 7
 CONFIG_FILE = "config.json"
 PARAMS_FILE = "params.msgpack"
 STORAGE_DTYPES = ("float32", "float16")
+METADATA_LIMIT = 5 * 1024  # bytes of JSON: provenance is a commit, a command and a checksum, not a parent's record
 
 
 class BundleError(ValueError):
@@ -67,7 +69,7 @@ def init_params(vae: VAE, mdnrnn: MDNRNN, key) -> tuple[Any, Any]:
     vae_params = vae.init(k_vae, frames, k_sample)
     z = jnp.zeros((1, 1, mdnrnn.latent_dim), jnp.float32)
     a = jnp.zeros((1, 1, mdnrnn.action_dim), jnp.float32)
-    mdn_params = mdnrnn.init(k_mdn, mdnrnn.initial_carry(1), z, a, prev_reward=jnp.zeros((1, 1), jnp.float32))
+    mdn_params = mdnrnn.init(k_mdn, mdnrnn.initial_carry(1), z, a)
     return vae_params, mdn_params
 
 
@@ -77,6 +79,21 @@ def random_bundle(key, vae: VAE = VAE(), mdnrnn: MDNRNN = MDNRNN(), n_start: int
     vae_params, mdn_params = init_params(vae, mdnrnn, k_params)
     start = np.asarray(jax.random.normal(k_start, (n_start, mdnrnn.latent_dim)), np.float32)
     return Bundle(vae, mdnrnn, FrameConfig(), vae_params, mdn_params, start, {"trained": False})
+
+
+def check_metadata(metadata: dict) -> str:
+    """-> metadata as JSON; ValueError unless it is flat (values: scalars, or lists/dicts of scalars)
+    and at most METADATA_LIMIT bytes."""
+    scalar = lambda v: v is None or isinstance(v, (bool, int, float, str))
+    for key, value in metadata.items():
+        items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else [value]
+        if not all(scalar(v) for v in items):
+            raise ValueError(f"bundle metadata[{key!r}] nests deeper than one level; keep metadata flat "
+                             f"(scalars, or lists/dicts of scalars)")
+    text = json.dumps(metadata, sort_keys=True)
+    if len(text) > METADATA_LIMIT:
+        raise ValueError(f"bundle metadata is {len(text)} bytes of JSON, expected at most {METADATA_LIMIT}")
+    return text
 
 
 def _to_numpy(tree, dtype):
@@ -91,6 +108,7 @@ def save_bundle(path: str | Path, bundle: Bundle, dtype: str = "float32") -> Pat
     if dtype not in STORAGE_DTYPES:
         raise ValueError(f"bundle storage dtype {dtype!r} is unknown, expected one of {STORAGE_DTYPES}")
     path = Path(path)
+    check_metadata(bundle.metadata)
     start = np.asarray(bundle.start_latents, np.float32)
     if start.ndim != 2 or start.shape[1] != bundle.mdnrnn.latent_dim:
         raise ValueError(
@@ -147,10 +165,11 @@ def _read_config(path: Path) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BundleError(f"model bundle {path}: {CONFIG_FILE} is not valid JSON ({e})") from e
     version = config.get("format_version") if isinstance(config, dict) else None
-    if version not in READABLE_VERSIONS:
+    if version != FORMAT_VERSION:
         raise BundleError(
-            f"model bundle {path} has format version {version!r}; this dreamenv reads "
-            f"versions {READABLE_VERSIONS} (re-export it with a matching dreamenv)"
+            f"model bundle {path} has format version {version!r}; this dreamenv reads version "
+            f"{FORMAT_VERSION} only: rebuild it with `python -m train.pipeline --out DIR` "
+            f"(or load it with the dreamenv release that wrote it)"
         )
     return config
 
@@ -181,21 +200,6 @@ def _check_shapes(path: Path, what: str, expected, got):
             )
 
 
-def fuse_v3_mdnrnn(path: Path, tree) -> dict:
-    """Format-3 MDN-RNN params (flax LSTMCell's ii..io / hi..ho, head layers pi, mu, sigma, reward,
-    done) -> format 4's fused `lstm/kernel`, `lstm/bias`, `head/out`. Exact: the same function."""
-    try:
-        lstm, head = tree["params"]["cell"]["lstm"], tree["params"]["cell"]["head"]
-        gates = "ifgo"  # flax's order, and LSTMCell's split
-        kernel = np.concatenate([np.concatenate([lstm[f"i{g}"]["kernel"], lstm[f"h{g}"]["kernel"]]) for g in gates], 1)
-        bias = np.concatenate([lstm[f"h{g}"]["bias"] for g in gates])
-        parts = ("pi", "mu", "sigma", "reward", "done")  # head_layout's column order
-        out = {n: np.concatenate([head[p][n] for p in parts], axis=-1) for n in ("kernel", "bias")}
-    except (KeyError, TypeError, ValueError) as e:
-        raise BundleError(f"model bundle {path}: format-3 MDN-RNN params are incomplete ({e!r})") from e
-    return {"params": {"cell": {"lstm": {"kernel": kernel, "bias": bias}, "head": {"out": out}}}}
-
-
 def load_bundle(path: str | Path) -> Bundle:
     """Read and validate a bundle folder; params come back as float32 numpy arrays."""
     path = Path(path)
@@ -213,8 +217,6 @@ def load_bundle(path: str | Path) -> Bundle:
     if not isinstance(tree, dict) or set(tree) != {"vae", "mdnrnn", "start_latents"}:
         raise BundleError(f"model bundle {path}: {PARAMS_FILE} lacks vae/mdnrnn/start_latents")
 
-    if config["format_version"] == 3:
-        tree["mdnrnn"] = fuse_v3_mdnrnn(path, tree["mdnrnn"])
     vae = _build(path, VAE, config.get("vae", {}))
     mdnrnn = _build(path, MDNRNN, config.get("mdnrnn", {}))
     frames = _build(path, FrameConfig, config.get("frames", {}))

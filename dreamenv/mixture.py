@@ -6,7 +6,8 @@ Shapes: a leading batch shape [...], K components, D latent dims.
     log_sigma [..., K, D]   component log standard deviations
     target    [..., D]
 Temperature τ follows the paper: π logits ÷ τ, σ × √τ; τ = 0 gives the most likely
-component's mean.
+component's mean. The dream runs `mdn_sample`; `mdn_log_prob`, `mdn_nll` and `mdn_mean` are
+training and evaluation helpers (the MDN-RNN's loss and held-out metrics, the benchmarks).
 """
 
 from __future__ import annotations

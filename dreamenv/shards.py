@@ -11,7 +11,8 @@ A shard holds T steps, step-aligned with the action taken:
 
 Shards are written atomically (`dreamenv.atomic`), so a file named
 `rollout_*.npz` is either complete or raises `ShardError` naming it when loaded.
-Numpy only: the runtime, the benchmarks and the training code all read shards.
+Numpy only. The data format of training and evaluation: no environment reads shards; the
+training code and the benchmarks do.
 """
 
 from __future__ import annotations

@@ -1,12 +1,13 @@
 """ConvVAE (the vision model V): 64×64×3 frames in [0, 1] <-> a 32-d latent z.
 
 Encoder as in the paper: 4 convs (32, 64, 128, 256 filters, kernel 4, stride 2, ReLU) ->
-dense mu, logvar. Two decoders, chosen by the `decoder` field:
-  "paper":    dense 1024 -> transposed convs 128k5, 64k5, 32k6, 3k6 (stride 2) -> sigmoid.
-  "subpixel": dense 4·4·256 -> four [3×3 conv to 4C channels + depth-to-space] stages
-              (4 -> 8 -> 16 -> 32 -> 64) -> sigmoid. A different (not equivalent) decoder;
-              it reconstructs as well as "paper" but trains ~25% slower here, so "paper" is
-              the default.
+dense mu, logvar. Decoder as in the paper: dense 1024 -> transposed convs 128k5, 64k5, 32k6, 3k6
+(stride 2) -> sigmoid.
+
+    vae = VAE(latent_dim=32)
+    mu, logvar = vae.apply(params, frames, method=VAE.encode)   # frames [B, 64, 64, 3] in [0, 1]
+    frames = vae.apply(params, z, method=VAE.decode)            # z [B, D] -> [B, 64, 64, 3] in [0, 1]
+    recon, mu, logvar = vae.apply(params, frames, key)          # training: z = mu + σ·ε
 
 XLA's CPU backend computes gradients of strided and transposed convolutions with slow generic
 loops. So the paper's layers are computed as exactly equal stride-1 convolutions on rearranged
@@ -25,9 +26,6 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-
-DECODERS = ("paper", "subpixel")
-
 
 # On CPU, convolutions are kept out of YNNPACK (jaxlib 0.10's default sends some there and they
 # train ~2× slower, and run ~1.5× slower at batch 1, than Eigen's); YNNPACK still runs the matmuls.
@@ -184,29 +182,14 @@ class PaperDecoder(nn.Module):
         return x
 
 
-class SubpixelDecoder(nn.Module):
-    @nn.compact
-    def __call__(self, z):
-        # z: [B, latent] -> [B, 64, 64, 3]
-        x = nn.relu(nn.Dense(4 * 4 * 256, name="fc")(z)).reshape(z.shape[0], 4, 4, 256)
-        layers = (128, 64, 32, 3)  # 4 -> 8 -> 16 -> 32 -> 64
-        for i, feat in enumerate(layers):
-            x = depth_to_space(nn.Conv(4 * feat, (3, 3), padding="SAME", name=f"conv{i}")(x))
-            x = nn.relu(x) if i < len(layers) - 1 else nn.sigmoid(x)
-        return x
-
-
 class VAE(nn.Module):
     """The vision model V. Config fields are saved in bundles and rebuild the module."""
 
     latent_dim: int = 32
-    decoder: str = "paper"
 
     def setup(self):
-        if self.decoder not in DECODERS:
-            raise ValueError(f"VAE decoder {self.decoder!r} is unknown, expected one of {DECODERS}")
         self.encoder = Encoder(self.latent_dim)
-        self.dec = PaperDecoder() if self.decoder == "paper" else SubpixelDecoder()
+        self.dec = PaperDecoder()
 
     def encode(self, frames, direct: bool = False):
         """frames: [B, 64, 64, 3] float in [0, 1] -> (mu, logvar), each [B, latent].

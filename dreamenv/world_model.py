@@ -9,8 +9,7 @@ evolution strategies, the benchmarks) calls these functions; none re-implements 
     returns, lengths = rollout(model, policy_fn, params, key, batch, steps)   # one lax.scan
     frames = decode(model, z); z = encode(model, frames)                        # uint8 <-> latents
 
-`memory_step` is the MDN-RNN cell that `step` runs (on its samples: `sampled=1`); LatentCarRacing-v0
-runs it on real latents.
+`memory_step` is the MDN-RNN cell that `step` runs; LatentCarRacing-v0 runs it on real latents.
 
 Definitions, shared by the dream and by LatentCarRacing-v0:
   z_t    the latent of frame t: sampled from the MDN-RNN in the dream, the VAE's mean on real
@@ -19,12 +18,9 @@ Definitions, shared by the dream and by LatentCarRacing-v0:
   h_t    the LSTM hidden state after consuming (z_{t-1}, a_{t-1}); zeros at reset. The "zh"
          observation is [z_t, h_t], the paper's controller input.
   a_t    clipped to CarRacing-v3's action space [-1,1]×[0,1]×[0,1] before the MDN-RNN sees it.
-  reward the reward head's prediction for (z_t, a_t) (a float). A `reward_input` model reads r_{t-1}
-         too (0 at reset), so the dream samples r_t from its two levels (P(high) = sigmoid of
-         reward_logit; at every τ, the game's reward being no latent) and keeps it for the next step.
+  reward the reward head's expected reward for (z_t, a_t) (a float).
   terminated  thresholded, not sampled: done_logit > 0, i.e. P(done) > 0.5. The dream's only
-         randomness is then z's sampling at temperature τ (τ = 0: z deterministic) and a
-         `reward_input` model's reward level.
+         randomness is then z's sampling at temperature τ (τ = 0: z deterministic).
 
 Keys: `key` is one PRNG key (split into `batch` per-env keys) or `batch` keys, one per env, so a
 batch of envs equals the same envs run one at a time.
@@ -42,7 +38,7 @@ import numpy as np
 
 from dreamenv.checkpoint import Bundle
 from dreamenv.frames import FrameConfig
-from dreamenv.mdnrnn import MDNRNN, drop_unread_reward_input, samples_only
+from dreamenv.mdnrnn import MDNRNN
 from dreamenv.mixture import mdn_sample
 from dreamenv.vae import VAE
 
@@ -53,7 +49,7 @@ OBS_MODES = ("z", "zh", "pixels")
 # DreamCarRacing-v0 step's jitted call 139 -> 65 µs). Pass as `jax.jit(..., compiler_options=)`.
 SEQUENTIAL_CPU = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
 LATENT_BOUND = 10.0
-ACTION_LOW = np.array([-1.0, 0.0, 0.0], np.float32)  # CarRacing-v3's action space
+ACTION_LOW = np.array([-1.0, 0.0, 0.0], np.float32)  # CarRacing-v3's action space: steer, gas, brake
 ACTION_HIGH = np.array([1.0, 1.0, 1.0], np.float32)
 
 
@@ -94,19 +90,10 @@ class WorldModel:
             start_latents=put(bundle.start_latents),
         )
 
-    def on_samples(self) -> "WorldModel":
-        """This model as the dream and LatentCarRacing-v0's memory run it, on samples: without the
-        MDN-RNN's mean path (`samples_only`), and without a reward input that samples do not read
-        (`drop_unread_reward_input`). A jitted call's cost at batch 1 grows with the number of arrays
-        passed (~0.3 µs each) and with its ops (sampling a reward level: about 10 µs a step)."""
-        mdnrnn, params = drop_unread_reward_input(self.mdnrnn, samples_only(self.mdnrnn_params))
-        return self.replace(mdnrnn=mdnrnn, mdnrnn_params=params)
-
     def for_obs(self, obs: str) -> "WorldModel":
-        """`on_samples`, also without the VAE unless `step`/`reset` in mode `obs` read it ("pixels"):
-        what the dream envs step."""
-        model = self.on_samples()
-        return model if obs == "pixels" else model.replace(vae_params=None)
+        """This model without the VAE unless `step`/`reset` in mode `obs` read it ("pixels"): what
+        the dream envs step (a jitted call's cost at batch 1 grows with the arrays passed)."""
+        return self if obs == "pixels" else self.replace(vae_params=None)
 
     @property
     def latent_dim(self) -> int:
@@ -124,7 +111,6 @@ class DreamState:
     z: jax.Array  # [B, D]  z_t
     carry: tuple  # (c, h), each [B, H]: LSTM state after consuming (z_{t-1}, a_{t-1})
     t: jax.Array  # [B] int32: steps since reset
-    reward: jax.Array  # [B] float32: r_{t-1}, the last step's reward (0 at reset), read by reward_input models
 
 
 def _env_keys(key, batch: int):
@@ -136,32 +122,18 @@ def _env_keys(key, batch: int):
     return key
 
 
-def memory_step(model: WorldModel, carry, z, action, sampled=0.0, prev_reward=None):
-    """The MDN-RNN cell on (z_t, a_t(, r_{t-1})), actions clipped to the action space. -> (carry', head)
+def memory_step(model: WorldModel, carry, z, action):
+    """The MDN-RNN cell on (z_t, a_t), actions clipped to the action space. -> (carry', head)
 
     carry: (c, h) [B, H]; z: [B, D]; action: [B, 3]; head: MDNRNN.step's outputs, head["h"] = h_{t+1}.
-    sampled: 1 if z is a sample (the dream's), 0 if an encoder mean; read by `sample_flag` models only.
-    prev_reward: [B], the previous step's reward (0 at an episode's first); read by `reward_input` models only.
     """
     action = jnp.clip(action, ACTION_LOW, ACTION_HIGH)
-    return model.mdnrnn.apply(model.mdnrnn_params, carry, z, action, sampled, prev_reward, method=MDNRNN.step)
-
-
-def sample_reward(model: WorldModel, head: dict, keys):
-    """The step's reward: a `reward_input` model's level drawn per env (high with P = sigmoid(reward_logit);
-    keys [B]), else the head's expected reward. -> [B]"""
-    if not model.mdnrnn.reward_input:
-        return head["reward"]
-    high = jax.vmap(lambda k, logit: jax.random.bernoulli(jax.random.fold_in(k, 1), jax.nn.sigmoid(logit)))(
-        keys, head["reward_logit"])
-    return jnp.where(high, head["reward_high"], head["reward_low"])
+    return model.mdnrnn.apply(model.mdnrnn_params, carry, z, action, method=MDNRNN.step)
 
 
 def start_state(model: WorldModel, z) -> DreamState:
-    """Dreams (or real episodes) at their first step: z_0 [B, D], a zero carry, t = 0, no reward yet."""
-    batch = z.shape[0]
-    return DreamState(z=z, carry=model.mdnrnn.initial_carry(batch), t=jnp.zeros(batch, jnp.int32),
-                      reward=jnp.zeros(batch, jnp.float32))
+    """Dreams (or real episodes) at their first step: z_0 [B, D], a zero carry, t = 0."""
+    return DreamState(z=z, carry=model.mdnrnn.initial_carry(z.shape[0]), t=jnp.zeros(z.shape[0], jnp.int32))
 
 
 @jax.jit
@@ -206,13 +178,12 @@ def reset(model: WorldModel, key, batch: int, obs: str = "zh"):
 def step(model: WorldModel, state: DreamState, action, key, temperature=1.0, obs: str = "zh"):
     """One dream step for every env. action: [B, 3] -> (state', obs [B, ...], reward [B], terminated [B])."""
     keys = _env_keys(key, state.z.shape[0])
-    carry, head = memory_step(model, state.carry, state.z, action, sampled=1.0, prev_reward=state.reward)
+    carry, head = memory_step(model, state.carry, state.z, action)
     sample = partial(mdn_sample, temperature=jnp.asarray(temperature, jnp.float32))
     z = jax.vmap(sample)(keys, head["log_pi"], head["mu"], head["log_sigma"])
     z = jnp.clip(z, -LATENT_BOUND, LATENT_BOUND)  # [B, D]
-    reward = sample_reward(model, head, keys)
-    state = DreamState(z=z, carry=carry, t=state.t + 1, reward=reward)
-    return state, observe(model, z, head["h"], obs), reward, head["done_logit"] > 0.0
+    state = DreamState(z=z, carry=carry, t=state.t + 1)
+    return state, observe(model, z, head["h"], obs), head["reward"], head["done_logit"] > 0.0
 
 
 @partial(jax.jit, static_argnames=("policy_fn", "batch", "steps", "obs"))

@@ -26,14 +26,6 @@ def tiny_bundle(seed=0, done_bias=None):
     return bundle
 
 
-def with_random_mean_path(params, seed=1):
-    """`params` with the mean path (zero at init) set to random values."""
-    cell = {layer: dict(p) for layer, p in params["params"]["cell"].items()}
-    for i, (layer, name) in enumerate([(l, n) for l in ("lstm", "head") for n in ("mean_kernel", "mean_bias")]):
-        cell[layer][name] = 0.3 * jax.random.normal(jax.random.key(seed + i), cell[layer][name].shape)
-    return {"params": {**params["params"], "cell": cell}}
-
-
 def write_shards(folder, lengths=(12, 12, 12), seed=0, terminal=True, policies=None):
     """Random-frame shards; the first one ends terminated (when `terminal`); `policies` [R] go in the meta."""
     rng = np.random.default_rng(seed)

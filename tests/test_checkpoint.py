@@ -1,14 +1,11 @@
 """Model bundles: exact round trip, atomic replacement, and each documented load error."""
 
-import hashlib
+import dataclasses
 import json
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import serialization
 
 from dreamenv.checkpoint import (
     PARAMS_FILE,
@@ -17,7 +14,7 @@ from dreamenv.checkpoint import (
     random_bundle,
     save_bundle,
 )
-from dreamenv.mdnrnn import MDNRNN, head_layout
+from dreamenv.mdnrnn import MDNRNN
 from dreamenv.vae import VAE
 
 TINY = dict(vae=VAE(latent_dim=8), mdnrnn=MDNRNN(latent_dim=8, hidden_size=16, num_mixtures=3))
@@ -64,7 +61,7 @@ def test_save_replaces_and_failed_save_keeps_old(tmp_path, bundle):
     save_bundle(path, newer)
     assert load_bundle(path).metadata == {"version": 2}
     broken = bundle.__class__(**{**bundle.__dict__, "metadata": {"bad": object()}})
-    with pytest.raises(TypeError):
+    with pytest.raises(ValueError, match="nests deeper"):
         save_bundle(path, broken)
     assert load_bundle(path).metadata == {"version": 2}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no temp folders left
@@ -135,54 +132,16 @@ def test_unknown_config_field(tmp_path, bundle):
         load_bundle(tmp_path / "m")
 
 
-def write_format_3(path, bundle, rng):
-    """`bundle` saved as format 3 wrote it: flax LSTMCell's eight matrices, five head layers.
-    -> the legacy MDN-RNN params, random (the LSTM from nn.LSTMCell's own init)."""
-    m = bundle.mdnrnn
-    carry, x = m.initial_carry(1), jnp.zeros((1, m.latent_dim + m.action_dim))
-    lstm = nn.LSTMCell(m.hidden_size).init(jax.random.key(1), carry, x)["params"]
-    lstm = jax.tree_util.tree_map(lambda w: np.asarray(w) + rng.normal(0, 0.1, w.shape).astype(np.float32), lstm)
-    head = {name: {"kernel": rng.normal(0, 0.3, (m.hidden_size, cols.stop - cols.start)).astype(np.float32),
-                   "bias": rng.normal(0, 0.3, cols.stop - cols.start).astype(np.float32)}
-            for name, cols in head_layout(m.num_mixtures, m.latent_dim).items()}
-    legacy = {"params": {"cell": {"lstm": lstm, "head": head}}}
-    save_bundle(path, bundle)
-    payload = serialization.msgpack_serialize(
-        {"vae": bundle.vae_params, "mdnrnn": legacy, "start_latents": bundle.start_latents})
-    (path / PARAMS_FILE).write_bytes(payload)
-    edit_config(path, format_version=3, params_sha256=hashlib.sha256(payload).hexdigest())
-    return legacy
+def test_older_format_names_the_file_and_the_fix(tmp_path, bundle):
+    save_bundle(tmp_path / "m", bundle)
+    edit_config(tmp_path / "m", format_version=6)
+    with pytest.raises(BundleError, match=r"m has format version 6.*rebuild it with `python -m train.pipeline"):
+        load_bundle(tmp_path / "m")
 
 
-def test_format_3_bundle_loads_as_the_same_model(tmp_path, bundle):
-    """Format 3's LSTM and head layers become the fused ones exactly: same carry, same outputs."""
-    rng = np.random.default_rng(0)
-    legacy = write_format_3(tmp_path / "v3", bundle, rng)["params"]["cell"]
-    loaded = load_bundle(tmp_path / "v3")
-    m = loaded.mdnrnn
-    carry = tuple(rng.normal(0, 0.5, (4, m.hidden_size)).astype(np.float32) for _ in range(2))
-    z = rng.normal(size=(4, m.latent_dim)).astype(np.float32)
-    a = rng.uniform(0, 1, (4, m.action_dim)).astype(np.float32)
-
-    (c, h), _ = nn.LSTMCell(m.hidden_size).apply({"params": legacy["lstm"]}, carry, np.concatenate([z, a], 1))
-    dense = lambda name: h @ legacy["head"][name]["kernel"] + legacy["head"][name]["bias"]
-    (c2, h2), out = m.apply(loaded.mdnrnn_params, carry, z, a, method=MDNRNN.step)
-    np.testing.assert_allclose(c2, c, atol=1e-5)
-    np.testing.assert_allclose(h2, h, atol=1e-5)
-    np.testing.assert_allclose(out["log_pi"], jax.nn.log_softmax(dense("pi")), atol=1e-5)
-    np.testing.assert_allclose(out["mu"], dense("mu").reshape(4, m.num_mixtures, m.latent_dim), atol=1e-5)
-    sigma = m.sigma_min + jax.nn.softplus(dense("sigma"))
-    np.testing.assert_allclose(out["log_sigma"], np.log(sigma).reshape(4, m.num_mixtures, m.latent_dim), atol=1e-5)
-    np.testing.assert_allclose(out["reward"], dense("reward")[:, 0], atol=1e-5)
-    np.testing.assert_allclose(out["done_logit"], dense("done")[:, 0], atol=1e-5)
-
-
-def test_format_3_bundle_with_missing_params(tmp_path, bundle):
-    legacy = write_format_3(tmp_path / "v3", bundle, np.random.default_rng(0))
-    del legacy["params"]["cell"]["lstm"]["hg"]
-    payload = serialization.msgpack_serialize(
-        {"vae": bundle.vae_params, "mdnrnn": legacy, "start_latents": bundle.start_latents})
-    (tmp_path / "v3" / PARAMS_FILE).write_bytes(payload)
-    edit_config(tmp_path / "v3", params_sha256=hashlib.sha256(payload).hexdigest())
-    with pytest.raises(BundleError, match=r"v3: format-3 MDN-RNN params are incomplete .*hg"):
-        load_bundle(tmp_path / "v3")
+def test_metadata_must_be_flat_and_small(tmp_path, bundle):
+    with pytest.raises(ValueError, match=r"metadata\['pipeline'\] nests deeper"):
+        save_bundle(tmp_path / "m", dataclasses.replace(bundle, metadata={"pipeline": {"base": {"metadata": {}}}}))
+    with pytest.raises(ValueError, match="at most 5120"):
+        save_bundle(tmp_path / "m", dataclasses.replace(bundle, metadata={"command": "x" * 6000}))
+    assert not (tmp_path / "m").exists()  # nothing written

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import os
 import re
 import shutil
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from dreamenv.shards import FIELDS, ShardError, list_shards, load_shard, read_manifest, shard_name, write_shard
-from train.collect import CollectConfig, collect, main, make_env, rollout
+from train import collect
+from train.collect import CollectConfig, main, make_env, rollout
+from train.config import cli
 from train.policies import POLICIES, AgentPolicy, CallablePolicy, episode_policy, make_policy
 
 STEPS = 50
@@ -19,7 +24,7 @@ KILL_MARKER = "DREAMENV_TEST_KILL_MARKER"
 
 
 def _collect(out, episodes=2, **config):
-    return collect(CollectConfig(out=out, max_steps=STEPS, **config), episodes, workers=2, progress=False)
+    return collect.run(CollectConfig(out=out, episodes=episodes, workers=2, max_steps=STEPS, **config), progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +70,8 @@ def test_rerun_skips_finished_shards(collected, tmp_path):
 
 def test_another_policy_adds_episodes_after_the_first(collected, tmp_path):
     out = _copy(collected, tmp_path)
-    result = collect(CollectConfig(out=out, max_steps=STEPS, policy="track-perturbed"), 1, workers=1,
-                     progress=False, first=2)
+    config = CollectConfig(out=out, episodes=1, first_episode=2, workers=1, max_steps=STEPS, policy="track-perturbed")
+    result = collect.run(config, progress=False)
     assert not result.failures and result.collected == 1
     entries = read_manifest(out)["shards"]
     assert [(e["file"], e["policy"]) for e in entries] == [
@@ -183,7 +188,7 @@ def controller_file(bundle_path, tmp_path_factory):
     """A random linear controller on the tiny bundle's [z, h] (an agent file like train.controller's)."""
     import gymnasium as gym
 
-    from train.controller import save_controller
+    from train.controller_policy import save_controller
 
     dim = gym.make("LatentCarRacing-v0", model=bundle_path).observation_space.shape[0]
     rng = np.random.default_rng(0)
@@ -219,20 +224,61 @@ def test_agent_policy_drives_as_on_the_latent_env_outside_perturbed_segments(con
 
 def test_agent_rollouts_are_added_and_recorded(collected, controller_file, bundle_path, tmp_path):
     out = _copy(collected, tmp_path)
-    config = CollectConfig(out=out, max_steps=STEPS, policy=str(controller_file), model=str(bundle_path))
-    result = collect(config, 1, workers=1, progress=False, first=2)
+    config = CollectConfig(out=out, episodes=1, first_episode=2, workers=1, max_steps=STEPS,
+                           policy=str(controller_file), model=bundle_path)
+    result = collect.run(config, progress=False)
     assert not result.failures, result.failures
     meta = load_shard(out / shard_name(2))["meta"]
     assert meta["policy"] == str(controller_file) and meta["model"] == str(bundle_path)
     assert 0.1 <= meta["params"]["perturbed_share"] <= 0.3
-    assert collect(config, 1, workers=1, progress=False, first=2).skipped == 1
+    assert collect.run(config, progress=False).skipped == 1
 
 
 def test_agent_policy_flags_are_checked(controller_file, tmp_path):
-    with pytest.raises(SystemExit):
-        main(["--policy", str(tmp_path / "missing.zip"), "--out", str(tmp_path)])
-    with pytest.raises(SystemExit):
-        main(["--policy", "ou", "--model", str(controller_file), "--out", str(tmp_path)])
+    out = tmp_path / "rollouts"
+    missing = CollectConfig(policy=str(tmp_path / "missing.zip"), out=out)  # may not exist yet when built
+    with pytest.raises(ValueError, match=r"CollectConfig\.policy: agent file .*missing\.zip does not exist"):
+        collect.run(missing)
+    with pytest.raises(ValueError, match=r"CollectConfig\.model: folder .* does not exist"):
+        collect.run(CollectConfig(policy=str(controller_file), model=tmp_path / "no_bundle", out=out))
+    with pytest.raises(ValueError, match=r"CollectConfig\.model \(--model\).*agent file"):
+        CollectConfig(policy="ou", model=tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main(["--policy", "ou", "--model", str(controller_file), "--out", str(out)])
+    assert exit_.value.code == 2
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("fields, name", [
+    (dict(policy="nope"), "policy"),
+    (dict(episodes=-1), "episodes"),
+    (dict(episodes=0), "episodes"),
+    (dict(max_steps=0), "max_steps"),
+    (dict(workers=0), "workers"),
+    (dict(first_episode=-1), "first_episode"),
+])
+def test_bad_config_fails_naming_the_field_before_anything_is_written(fields, name, tmp_path, capsys):
+    out = tmp_path / "rollouts"
+    with pytest.raises(ValueError, match=rf"CollectConfig\.{name} \(--{name.replace('_', '-')}\)") as error:
+        CollectConfig(out=out, **fields)
+    if name == "policy":
+        assert all(known in str(error.value) for known in POLICIES), error.value
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in fields.items()]
+    with pytest.raises(SystemExit) as exit_:
+        main([*flags, "--out", str(out)])
+    assert exit_.value.code == 2 and f"CollectConfig.{name}" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_config_fields_and_cli_flags_match():
+    config = cli(CollectConfig, ["--episodes", "4", "--first-episode", "3", "--workers", "2", "--seed", "7",
+                                         "--out", "data/x", "--policy", "track", "--max-steps", "50"])
+    assert config == CollectConfig(episodes=4, first_episode=3, workers=2, seed=7, out=Path("data/x"),
+                                   policy="track", max_steps=50)
+    assert config.next_episode == 7
+    assert cli(CollectConfig, ["--policy", "runs/it1/agent.zip", "--model", "b"]).model == Path("b")
+    assert dataclasses.replace(config, workers=None).workers is None
+    assert all(name in inspect.getsource(CollectConfig) for name in POLICIES)  # --policy's help lists them
 
 
 def test_episode_policy_names_the_driver_of_an_episode():

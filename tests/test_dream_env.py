@@ -13,7 +13,8 @@ from gymnasium.utils.env_checker import check_env
 import dreamenv  # noqa: F401  (registers the envs)
 from dreamenv import world_model as wm
 from dreamenv.checkpoint import BundleError
-from dreamenv.envs.dream import DEFAULT_MODEL, DreamCarRacing
+from dreamenv.envs.dream import DreamCarRacing
+from dreamenv.model import DEFAULT_MODEL
 
 MODES = ("z", "zh", "pixels")
 ACTIONS = np.random.default_rng(0).uniform([-1, 0, 0], [1, 1, 1], (40, 3)).astype(np.float32)

@@ -1,14 +1,14 @@
-"""The MDN-RNN: head shapes and constraints; the single step is exactly the scanned cell."""
+"""The MDN-RNN: head shapes and constraints; the fused cell is flax's LSTMCell; the single step is
+exactly the scanned cell."""
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
-from conftest import with_random_mean_path
+import flax.linen as nn
 
-from dreamenv.mdnrnn import MDNRNN, head_layout, samples_only
+from dreamenv.mdnrnn import MDNRNN, LSTMCell, head_layout
 
 
 def setup_model(model, batch=3, steps=9, seed=0):
@@ -32,11 +32,9 @@ def test_outputs_shapes_and_constraints():
     assert float(jnp.exp(out["log_sigma"]).min()) >= 0.05 * (1 - 1e-6)
 
 
-@pytest.mark.parametrize("residual", [False, True])
-def test_component_means_start_apart_and_are_absolute_or_residual(residual):
-    """Absolute: mu_k = f_k(h); residual: mu_k = z_t + Δ_k(h). Zero mean-head weights give zeros
-    (absolute) or persistence (residual) exactly; at init the K means differ."""
-    model = MDNRNN(residual=residual)
+def test_component_means_start_apart_and_are_absolute():
+    """mu_k = f_k(h) as in the paper: zero mean-head weights give zero means exactly; at init the K means differ."""
+    model = MDNRNN()
     params, carry, z, a = setup_model(model)
     _, out = model.apply(params, model.initial_carry(3), z, a)
     mu = np.asarray(out["mu"][0, 0])  # [K, D]
@@ -46,8 +44,23 @@ def test_component_means_start_apart_and_are_absolute_or_residual(residual):
     out, mu = zeroed["params"]["cell"]["head"]["out"], head_layout(model.num_mixtures, model.latent_dim)["mu"]
     out["kernel"][:, mu], out["bias"][mu] = 0.0, 0.0
     _, out = model.apply(zeroed, carry, z, a)
-    expected = z[:, :, None] if residual else np.zeros_like(z[:, :, None])
-    np.testing.assert_array_equal(out["mu"], np.broadcast_to(expected, out["mu"].shape))
+    np.testing.assert_array_equal(out["mu"], np.zeros(out["mu"].shape))
+
+
+def test_fused_cell_is_flax_lstm_cell():
+    """The one [x, h] -> 4H kernel computes flax's nn.LSTMCell (gates i, f, g, o) exactly."""
+    hidden, n_in, rng = 16, 7, np.random.default_rng(0)
+    carry = tuple(rng.normal(0, 0.5, (4, hidden)).astype(np.float32) for _ in range(2))
+    x = rng.normal(size=(4, n_in)).astype(np.float32)
+    flax_params = nn.LSTMCell(hidden).init(jax.random.key(1), carry, x)["params"]
+    gates = "ifgo"
+    kernel = np.concatenate([np.concatenate([flax_params[f"i{g}"]["kernel"], flax_params[f"h{g}"]["kernel"]])
+                             for g in gates], 1)
+    bias = np.concatenate([flax_params[f"h{g}"]["bias"] for g in gates])
+    (c, h), _ = nn.LSTMCell(hidden).apply({"params": flax_params}, carry, x)
+    (c2, h2), _ = LSTMCell(hidden).apply({"params": {"kernel": kernel, "bias": bias}}, carry, x)
+    np.testing.assert_allclose(c2, c, atol=1e-5)
+    np.testing.assert_allclose(h2, h, atol=1e-5)
 
 
 def test_step_by_step_equals_scan():
@@ -76,29 +89,3 @@ def test_step_traces_once():
     c = carry
     for t in range(z.shape[1]):
         c, _ = step(params, c, z[:, t], a[:, t])
-
-
-def test_sample_flag_adds_a_mean_path_that_samples_skip():
-    """Without `sample_flag` the flag is ignored. With it, samples (s = 1) run exactly the model
-    without the flag, and encoder means (s = 0) add the mean path's gates, per env."""
-    plain, flagged = MDNRNN(hidden_size=16), MDNRNN(hidden_size=16, sample_flag=True)
-    params, carry, z, a = setup_model(plain)
-    base = plain.apply(params, carry, z, a)[1]["mu"]
-    np.testing.assert_array_equal(plain.apply(params, carry, z, a, 0.0)[1]["mu"], base)
-    fparams, *_ = setup_model(flagged)
-    cell = fparams["params"]["cell"]
-    assert cell["lstm"]["kernel"].shape == cell["lstm"]["mean_kernel"].shape == (32 + 3 + 16, 4 * 16)
-    assert cell["head"]["out"]["kernel"].shape == cell["head"]["mean_kernel"].shape
-    assert not any(np.any(cell[layer][name]) for layer in ("lstm", "head") for name in ("mean_kernel", "mean_bias"))
-    shared = samples_only(fparams)
-    fparams = with_random_mean_path(fparams)
-    want = plain.apply(shared, carry, z, a)[1]["mu"]
-    for sampled in (1.0, jnp.ones(3)[:, None]):  # a Python 1 skips the path, an array weighs it by 0
-        np.testing.assert_allclose(flagged.apply(fparams, carry, z, a, sampled)[1]["mu"], want, atol=1e-6)
-    mean_in = np.asarray(flagged.apply(fparams, carry, z, a, 0.0)[1]["mu"])
-    assert float(np.abs(mean_in - np.asarray(want)).max()) > 1e-3
-    mixed = np.asarray(flagged.apply(fparams, carry, z, a, jnp.array([[0.0], [1.0], [0.0]]))[1]["mu"])
-    np.testing.assert_allclose(mixed[[0, 2]], mean_in[[0, 2]], atol=1e-6)
-    np.testing.assert_allclose(mixed[1], np.asarray(want)[1], atol=1e-6)
-    stepped = flagged.apply(fparams, carry, z[:, 0], a[:, 0], jnp.array([0.0, 1.0, 0.0]), method=MDNRNN.step)[1]
-    np.testing.assert_allclose(stepped["mu"], mixed[:, 0], atol=1e-5)

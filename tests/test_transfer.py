@@ -5,7 +5,7 @@ import json
 import pytest
 
 from benchmarks.transfer import main, transfer
-from train import controller
+from train import controller_policy as controller
 
 
 @pytest.fixture(scope="module")

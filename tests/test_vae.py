@@ -1,4 +1,4 @@
-"""The VAE: shapes of both decoders, and the paper's layers computed as stride-1 convolutions
+"""The VAE: shapes, and the paper's layers computed as stride-1 convolutions
 equal flax's own strided `Conv` / `ConvTranspose` (values and gradients), layer by layer and
 for the whole model."""
 
@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from dreamenv.vae import (
-    DECODERS,
     VAE,
     conv_stride2,
     conv_transpose_stride2,
@@ -30,9 +29,8 @@ def close(a, b, tol=1e-5):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=tol, rtol=tol)
 
 
-@pytest.mark.parametrize("decoder", DECODERS)
-def test_shapes(decoder):
-    vae = VAE(latent_dim=8, decoder=decoder)
+def test_shapes():
+    vae = VAE(latent_dim=8)
     frames = RNG.uniform(size=(2, 64, 64, 3)).astype(np.float32)
     params = init_vae(vae, KEY)
     recon, mu, logvar = jax.jit(vae.apply)(params, frames, KEY)
@@ -41,11 +39,6 @@ def test_shapes(decoder):
     assert jax.eval_shape(lambda z: vae.apply(params, z, method=VAE.decode), jnp.zeros((5, 8))).shape == (5, 64, 64, 3)
     mu2, logvar2 = jax.eval_shape(lambda x: vae.apply(params, x, method=VAE.encode), jnp.zeros((5, 64, 64, 3)))
     assert mu2.shape == logvar2.shape == (5, 8)
-
-
-def test_unknown_decoder_is_named():
-    with pytest.raises(ValueError, match="'deconv'.*paper"):
-        VAE(decoder="deconv").init(KEY, jnp.zeros((1, 64, 64, 3)), KEY)
 
 
 def test_space_depth_round_trip():
@@ -107,7 +100,7 @@ class FlaxPaperVAE(nn.Module):
 
 
 def test_paper_vae_equals_flax_strided_layers():
-    vae = VAE(latent_dim=8, decoder="paper")
+    vae = VAE(latent_dim=8)
     frames = RNG.uniform(size=(2, 64, 64, 3)).astype(np.float32)
     params = init_vae(vae, KEY)["params"]
     flat = {f"{outer}.{inner}": leaf for outer, sub in params.items() for inner, leaf in sub.items()}

@@ -1,7 +1,10 @@
 """VAE training on tiny synthetic shards: the rollout split, the resumable frame stream, the
-checkpoints, loss falling, exact resume, and a NaN stopping the run with its last good state."""
+checkpoints, loss falling, exact resume, and a NaN stopping the run with its last good state;
+the typed config (validation, run_config.json round trip, changed settings refused on resume)."""
 
+import dataclasses
 import json
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -12,7 +15,8 @@ from dreamenv.shards import list_shards, shard_name, write_shard
 from train import vae as train_vae
 from train.split import split_rollouts
 from train.trainstate import TrainCheckpoint
-from train.vae import FrameStream, parse_args, train
+from train.config import load_config
+from train.vae import FrameStream, VAEConfig, main, run
 from train.vae_run import load_vae_run
 
 
@@ -50,9 +54,32 @@ def data(tmp_path_factory):
     return folder
 
 
-def run_args(data, out, *extra):
-    return parse_args(["--data", str(data), "--out", str(out), "--batch-size", "4", "--eval-frames", "8",
-                       "--holdout", "0.25", "--lr", "3e-3", *extra])
+def run_config(data, out, **extra) -> VAEConfig:
+    return VAEConfig(**{"data": data, "out": out, "batch_size": 4, "eval_frames": 8, "holdout": 0.25,
+                        "lr": 3e-3, **extra})
+
+
+@pytest.mark.parametrize("field, value", [("steps", -1), ("batch_size", 0), ("lr", 0.0), ("holdout", 1.0),
+                                          ("holdout", 0.0), ("eval_every", 0), ("memory_gb", -1.0)])
+def test_bad_value_names_the_field(field, value):
+    with pytest.raises(ValueError, match=f"VAEConfig.{field} \\(--{field.replace('_', '-')}\\) = "):
+        VAEConfig(**{field: value})
+
+
+def test_cli_flags_build_the_config(tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(train_vae, "run", lambda config: seen.append(config) or {"step": 0})
+    assert main(["--data", str(tmp_path), "--batch-size", "8", "--kl-tolerance", "0.25", "--memory-gb", "1"]) == 0
+    assert seen == [VAEConfig(data=tmp_path, batch_size=8, kl_tolerance=0.25, memory_gb=1.0)]
+    with pytest.raises(SystemExit):
+        main(["--steps", "0"])
+    with pytest.raises(SystemExit):
+        main(["--decoder", "paper"])  # the only decoder is the paper's: no such option
+
+
+def test_missing_data_folder_is_named(tmp_path):
+    with pytest.raises(ValueError, match="VAEConfig.data: folder .*nowhere does not exist"):
+        run(VAEConfig(data=tmp_path / "nowhere", out=tmp_path / "run"))
 
 
 def test_split_is_by_name_stable_and_disjoint(tmp_path):
@@ -101,23 +128,40 @@ def test_checkpoint_keeps_last_good(tmp_path):
 
 def test_train_loss_falls_and_writes_outputs(data, tmp_path):
     out = tmp_path / "run"
-    final = train(run_args(data, out, "--steps", "40", "--ckpt-every", "20", "--eval-every", "10"))
-    history = json.loads((out / "metrics.json").read_text())["history"]
+    config = run_config(data, out, steps=40, ckpt_every=20, eval_every=10)
+    final = run(config)
+    metrics = json.loads((out / "metrics.json").read_text())
+    history = metrics["history"]
+    assert metrics["train_rollouts"] == 3 and metrics["heldout_rollouts"] == 1 and metrics["heldout_frames"] == 8
+    assert metrics["config"]["batch_size"] == 4 and metrics["config"]["data"] == str(data)
+    assert all(h["images_per_second"] > 0 for h in history)
     assert [h["step"] for h in history] == [10, 20, 30, 40] and final["step"] == 40
     assert history[-1]["train"]["loss"] < 0.3 * history[0]["train"]["loss"]
     assert history[-1]["heldout_mse_per_pixel"] < 0.5 * history[0]["heldout_mse_per_pixel"]
     assert (out / "recon.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     vae, params = load_vae_run(out)
-    assert vae.decoder == "paper" and vae.latent_dim == 32
+    assert vae.latent_dim == 32
     last = serialization.msgpack_restore(TrainCheckpoint(out / "checkpoint").path(40).read_bytes())
     for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(last["params"])):
         np.testing.assert_array_equal(a, b)
+    saved = load_config(out / "run_config.json", VAEConfig)  # typed values back, equal config
+    assert saved == config and isinstance(saved.data, Path) and isinstance(saved.lr, float)
+    raw = json.loads((out / "run_config.json").read_text())
+    assert raw["holdout"] == 0.25 and raw["seed"] == 0  # what later stages read for the split
+
+    # a rerun of the finished run trains nothing, keeps the history and rewrites the VAE
+    (out / "vae.msgpack").unlink()
+    (out / "metrics.json").unlink()  # lost records: the rerun evaluates afresh
+    again = run(config)
+    assert again["step"] == 40 and (out / "vae.msgpack").is_file()
+    assert [h["step"] for h in json.loads((out / "metrics.json").read_text())["history"]] == [40]
+    assert again["heldout_mse_per_pixel"] == pytest.approx(final["heldout_mse_per_pixel"])
 
 
 def test_resumed_run_continues_identically(data, tmp_path, monkeypatch):
-    args = lambda out, *extra: run_args(data, tmp_path / out, "--steps", "20", "--ckpt-every", "5",
-                                        "--eval-every", "100", *extra)
-    train(args("a"))
+    config = lambda out, **extra: run_config(data, tmp_path / out, **{"steps": 20, "ckpt_every": 5,
+                                                                      "eval_every": 100, **extra})
+    run(config("a"))
     batches = []
 
     def killed_at_13th_batch(frames):
@@ -129,13 +173,19 @@ def test_resumed_run_continues_identically(data, tmp_path, monkeypatch):
     with monkeypatch.context() as patch:
         patch.setattr(train_vae, "to_float", killed_at_13th_batch)
         with pytest.raises(KeyboardInterrupt):
-            train(args("b"))
+            run(config("b"))
     assert TrainCheckpoint(tmp_path / "b" / "checkpoint").steps() == [5, 10]
-    train(args("b"))  # the same command again: resumes from step 10
-    a, b = ((tmp_path / run / "vae.msgpack").read_bytes() for run in ("a", "b"))
+    run(config("b"))  # the same command again: resumes from step 10
+    a, b = ((tmp_path / name / "vae.msgpack").read_bytes() for name in ("a", "b"))
     assert a == b
-    with pytest.raises(SystemExit, match="--batch-size 4 \\(now 8\\)"):
-        train(args("b", "--batch-size", "8"))
+    with pytest.raises(ValueError, match="batch_size: 4 -> 8; holdout: 0.25 -> 0.5"):
+        run(config("b", batch_size=8, holdout=0.5))
+    before = (tmp_path / "b" / "run_config.json").read_text()
+    with pytest.raises(ValueError, match="kl_tolerance"):
+        run(dataclasses.replace(config("b"), kl_tolerance=1.0))
+    assert (tmp_path / "b" / "run_config.json").read_text() == before  # the refused run recorded nothing
+    run(config("b", steps=25))  # settings that do not shape the state may change
+    assert load_config(tmp_path / "b" / "run_config.json", VAEConfig).steps == 25
 
 
 def test_nan_stops_and_keeps_last_good_checkpoint(data, tmp_path, monkeypatch):
@@ -148,8 +198,8 @@ def test_nan_stops_and_keeps_last_good_checkpoint(data, tmp_path, monkeypatch):
 
     monkeypatch.setattr(train_vae, "to_float", poisoned)
     out = tmp_path / "nan"
-    with pytest.raises(FloatingPointError, match="step 7.*step 5"):
-        train(run_args(data, out, "--steps", "20", "--ckpt-every", "5", "--eval-every", "100"))
+    with pytest.raises(FloatingPointError, match="step 10.*step 5"):  # noticed at the save at step 10
+        run(run_config(data, out, steps=20, ckpt_every=5, eval_every=100))
     ckpt = TrainCheckpoint(out / "checkpoint")
     assert ckpt.steps() == [5]
     state = serialization.msgpack_restore(ckpt.path(5).read_bytes())

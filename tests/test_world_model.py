@@ -1,15 +1,13 @@
 """The pure world-model core: reset / step / rollout / decode / encode on explicit state."""
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import TINY, tiny_bundle, with_random_mean_path
+from conftest import tiny_bundle
 
 from dreamenv import world_model as wm
-from dreamenv.checkpoint import random_bundle
 from dreamenv.mdnrnn import MDNRNN
 from dreamenv.mixture import mdn_sample
 
@@ -139,17 +137,3 @@ def test_step_never_retraces_for_another_model_state_or_temperature(model, trace
     for i, temperature in enumerate([1.0, 0.5, 0.0, 2.0]):
         state, *_ = wm.step([model, other][i % 2], state, actions(i), jax.random.key(i), temperature)
     assert not traces, traces
-
-
-def test_the_dream_tells_a_sample_flag_model_its_inputs_are_samples():
-    vae, mdn = TINY["vae"], TINY["mdnrnn"].clone(sample_flag=True)
-    bundle = random_bundle(jax.random.key(0), vae=vae, mdnrnn=mdn, n_start=5)
-    flagged = wm.WorldModel.from_bundle(dataclasses.replace(bundle, mdnrnn_params=with_random_mean_path(bundle.mdnrnn_params)))
-    state, _ = wm.reset(flagged, jax.random.key(0), B)
-    _, _, reward, _ = wm.step(flagged, state, actions(), jax.random.key(1))
-    heads = [wm.memory_step(flagged, state.carry, state.z, actions(), sampled=s)[1]["reward"] for s in (0.0, 1.0)]
-    np.testing.assert_allclose(reward, heads[1], atol=1e-6)
-    assert float(jnp.abs(heads[0] - heads[1]).max()) > 1e-4
-    core = flagged.for_obs("zh")  # what the envs step: the mean path's params are not passed at all
-    assert "mean_kernel" not in core.mdnrnn_params["params"]["cell"]["lstm"]
-    np.testing.assert_array_equal(wm.step(core, state, actions(), jax.random.key(1))[2], reward)

@@ -1,4 +1,4 @@
-"""Train an SB3 agent (PPO, or SAC) inside the dream: `python -m train.agent --model BUNDLE`.
+"""Train an SB3 agent (PPO, or SAC) inside the dream: `python -m train.agent --model BUNDLE` (`AgentConfig`).
 
 The agent (MlpPolicy on --obs, default "zh" = [z, h]) learns on DreamSB3VecEnv: --envs dreams
 stepped as one batch at τ = --temperature (the paper found τ > 1 stops the agent exploiting the
@@ -24,6 +24,13 @@ dream's flaws): 262k steps (69 s) -> real 384 ± 89 over 100 episodes, dream 306
 outcome varies a lot with --seed (in the shipped model's dream, seeds 0 / 1 / 2: real 669 / 184 / 412
 over 100 / 30 / 30 episodes).
 Torch runs on --torch-threads threads (1: on 2 cores, XLA's dream and torch share the machine).
+
+From Python: `run(config)` in this process (which must have imported train.agent before JAX
+started), or `train.agent_config.run_in_subprocess(config)` in a fresh 'spawn' process. `--quick`
+starts from QUICK. The final real score is on tracks --real-seed + i, which no training used.
+A rerun in the same OUT must keep the settings in MUST_MATCH (OUT/run_config.json holds the last
+run's config): the saved agent carries its algorithm's hyperparameters, so a changed value would
+be silently ignored or would train another task; ValueError names the fields that differ.
 """
 
 from __future__ import annotations
@@ -32,12 +39,10 @@ import jax
 
 jax.config.update("jax_cpu_enable_async_dispatch", False)  # before JAX starts: see dreamenv/envs/dream.py
 
-import argparse  # noqa: E402
 import json  # noqa: E402
 import pickle  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -46,102 +51,60 @@ from stable_baselines3.common.callbacks import BaseCallback  # noqa: E402
 from stable_baselines3.common.vec_env import VecMonitor, VecNormalize  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from dreamenv import MAX_EPISODE_STEPS  # noqa: E402
 from dreamenv.atomic import atomic_write, atomic_write_bytes  # noqa: E402
-from dreamenv.envs.dream import DEFAULT_MODEL, check_temperature, load_model  # noqa: E402
 from dreamenv.envs.sb3 import DreamSB3VecEnv  # noqa: E402
+from dreamenv.model import DEFAULT_MODEL, load_model  # noqa: E402
+from train.agent_config import MUST_MATCH, QUICK, AgentConfig  # noqa: E402
+from train.config import check_resume, cli, require_dir, save_config, to_json  # noqa: E402
+from train.evaluate import RealEvaluator, evaluate_dream, record_video, sb3_class, summary  # noqa: E402
 from train.progress_log import read_progress, write_progress  # noqa: E402
 from train.provenance import git_state  # noqa: E402
-from train.evaluate import RealEvaluator, evaluate_dream, record_video, sb3_class, summary  # noqa: E402
 
 ALGOS = {"ppo": PPO, "sac": SAC}
 GAMMA = 0.99
 FIELDS = ["timesteps", "dream_return", "dream_episodes", "real_mean", "real_std", "steps_per_s", "wall_s"]
-QUICK = dict(timesteps=131_072, eval_every=131_072, eval_episodes=2, final_episodes=4, out=Path("runs/agent-quick"))
 EVAL_SEED = 10**6  # periodic real evaluations replay the same episodes, apart from the final ones
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m train.agent", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", type=Path, default=None, help="bundle folder (default: the shipped one)")
-    p.add_argument("--out", type=Path, default=Path("runs/agent"))
-    p.add_argument("--algo", choices=tuple(ALGOS), default="ppo")
-    p.add_argument("--obs", choices=("z", "zh"), default="zh")
-    p.add_argument("--timesteps", type=int, default=262_144,
-                   help="dream steps; longer runs learn to exploit the dream (see the module docstring)")
-    p.add_argument("--envs", type=int, default=64, help="dreams stepped as one batch")
-    p.add_argument("--temperature", type=float, default=1.0, help="dream τ")
-    p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--n-steps", type=int, default=256, help="PPO: steps per env per update")
-    p.add_argument("--batch-size", type=int, default=None, help="minibatch (default PPO 4096, SAC 256)")
-    p.add_argument("--epochs", type=int, default=10, help="PPO: passes over each rollout")
-    p.add_argument("--eval-every", type=int, default=65_536, help="timesteps between saves + real evaluations")
-    p.add_argument("--eval-episodes", type=int, default=4)
-    p.add_argument("--final-episodes", type=int, default=100)
-    p.add_argument("--max-steps", type=int, default=MAX_EPISODE_STEPS, help="episode length, dream and real")
-    p.add_argument("--workers", type=int, default=2, help="real-evaluation subprocesses (0: in this process)")
-    p.add_argument("--torch-threads", type=int, default=1)
-    p.add_argument("--video", action=argparse.BooleanOptionalAction, default=True,
-                   help="record one real episode of the final agent to OUT/video.gif")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true",
-                   help=f"a few-minute run (flags given still win): {', '.join(f'{k}={v}' for k, v in QUICK.items())}")
-    args = p.parse_args(argv)
-    if args.quick:
-        p.set_defaults(**QUICK)
-        args = p.parse_args(argv)
-    for name in ("timesteps", "envs", "n_steps", "epochs", "eval_every", "eval_episodes", "final_episodes",
-                 "max_steps", "torch_threads"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.batch_size is not None and args.batch_size < 2:
-        p.error(f"--batch-size must be >= 2, got {args.batch_size}")
-    check_temperature(args.temperature)
-    return args
-
-
-def make_env(args, model) -> VecNormalize:
+def make_env(config: AgentConfig, model) -> VecNormalize:
     """The dream as SB3 sees it: DreamSB3VecEnv -> VecMonitor (raw dream returns) -> reward normalisation."""
-    venv = VecMonitor(DreamSB3VecEnv(args.envs, model=model, obs=args.obs, temperature=args.temperature,
-                                     max_episode_steps=args.max_steps))
-    stats = args.out / "vecnormalize.pkl"
+    venv = VecMonitor(DreamSB3VecEnv(config.envs, model=model, obs=config.obs, temperature=config.temperature,
+                                     max_episode_steps=config.max_steps))
+    stats = config.out / "vecnormalize.pkl"
     if stats.exists():
         return VecNormalize.load(stats, venv)
     return VecNormalize(venv, norm_obs=False, norm_reward=True, gamma=GAMMA)
 
 
-def new_agent(args, env):
+def new_agent(config: AgentConfig, env):
     """A fresh PPO or SAC agent with the documented hyperparameters."""
-    common = dict(env=env, learning_rate=args.lr, gamma=GAMMA, seed=args.seed, device="cpu", verbose=0)
-    if args.algo == "ppo":
-        return PPO("MlpPolicy", n_steps=args.n_steps, batch_size=args.batch_size or 4096, n_epochs=args.epochs,
+    common = dict(env=env, learning_rate=config.lr, gamma=GAMMA, seed=config.seed, device="cpu", verbose=0)
+    if config.algo == "ppo":
+        return PPO("MlpPolicy", n_steps=config.n_steps, batch_size=config.batch_size or 4096, n_epochs=config.epochs,
                    gae_lambda=0.95, clip_range=0.2, ent_coef=0.0,
                    policy_kwargs=dict(log_std_init=-0.5, net_arch=dict(pi=[64, 64], vf=[64, 64])), **common)
-    return SAC("MlpPolicy", buffer_size=100_000, batch_size=args.batch_size or 256,
-               learning_starts=10 * args.envs, train_freq=1, gradient_steps=max(1, args.envs // 8),
+    return SAC("MlpPolicy", buffer_size=100_000, batch_size=config.batch_size or 256,
+               learning_starts=10 * config.envs, train_freq=1, gradient_steps=max(1, config.envs // 8),
                policy_kwargs=dict(net_arch=[256, 256]), **common)
 
 
-def load_agent(args, env):
+def load_agent(config: AgentConfig, env):
     """The saved agent of an earlier run in OUT, or None; ValueError if it is another algorithm's."""
-    path = args.out / "agent.zip"
+    path = config.out / "agent.zip"
     if not path.exists():
         return None
     cls = sb3_class(path)
-    if cls is not ALGOS[args.algo]:
-        raise ValueError(f"{path} is a {cls.__name__} agent but --algo is {args.algo}; "
+    if cls is not ALGOS[config.algo]:
+        raise ValueError(f"{path} is a {cls.__name__} agent but --algo is {config.algo}; "
                          f"pass --algo {cls.__name__.lower()} or another --out")
     agent = cls.load(path, env=env, device="cpu")
-    agent.set_random_seed(args.seed + agent.num_timesteps)  # fresh dreams, not the first run's again
+    agent.set_random_seed(config.seed + agent.num_timesteps)  # fresh dreams, not the first run's again
     return agent
 
 
-def save(args, agent, env, state: dict) -> None:
+def save(config: AgentConfig, agent, env, state: dict) -> None:
     """agent.zip, the reward normaliser and state.json, each written atomically (state last)."""
-    atomic_write(args.out / "agent.zip", agent.save)
-    atomic_write(args.out / "vecnormalize.pkl", lambda f: pickle.dump(env, f))
-    atomic_write_bytes(args.out / "state.json", json.dumps(state, indent=1).encode())
+    atomic_write(config.out / "agent.zip", agent.save)
+    atomic_write(config.out / "vecnormalize.pkl", lambda f: pickle.dump(env, f))
+    atomic_write_bytes(config.out / "state.json", json.dumps(state, indent=1).encode())
 
 
 class Bar(BaseCallback):
@@ -166,29 +129,29 @@ def dream_return(agent) -> float:
     return float(np.mean(returns)) if returns else float("nan")
 
 
-def train(args, model, real: RealEvaluator) -> dict:
-    """Train (or resume) to --timesteps with periodic saves and real evaluations -> state.json's dict."""
-    env = make_env(args, model)
-    agent = load_agent(args, env) or new_agent(args, env)
-    state_path = args.out / "state.json"
+def train(config: AgentConfig, model, real: RealEvaluator) -> dict:
+    """Train (or resume) to config.timesteps with periodic saves and real evaluations -> state.json's dict."""
+    env = make_env(config, model)
+    agent = load_agent(config, env) or new_agent(config, env)
+    state_path = config.out / "state.json"
     saved = json.loads(state_path.read_text()) if state_path.exists() and agent.num_timesteps else {}
-    rows = read_progress(args.out / "progress.csv", FIELDS, agent.num_timesteps)
+    rows = read_progress(config.out / "progress.csv", FIELDS, agent.num_timesteps)
     wall, t0 = float(saved.get("wall_s", 0.0)), time.time()
-    state = lambda: {"algo": args.algo, "timesteps": agent.num_timesteps, "wall_s": wall + time.time() - t0,
-                     "temperature": args.temperature, "bundle": str(args.model or DEFAULT_MODEL)}
+    state = lambda: {"algo": config.algo, "timesteps": agent.num_timesteps, "wall_s": wall + time.time() - t0,
+                     "temperature": config.temperature, "bundle": str(config.model or DEFAULT_MODEL)}
     postfix = {"dream": "nan", "real": rows[-1]["real_mean"][:7] if rows else "nan"}
-    bar = tqdm(total=args.timesteps, initial=agent.num_timesteps, unit="step", desc=args.algo, dynamic_ncols=True)
-    while agent.num_timesteps < args.timesteps:
+    bar = tqdm(total=config.timesteps, initial=agent.num_timesteps, unit="step", desc=config.algo, dynamic_ncols=True)
+    while agent.num_timesteps < config.timesteps:
         start, t_learn = agent.num_timesteps, time.time()
-        target = min((start // args.eval_every + 1) * args.eval_every, args.timesteps)
+        target = min((start // config.eval_every + 1) * config.eval_every, config.timesteps)
         agent.learn(target - start, reset_num_timesteps=False, callback=Bar(bar, postfix))
         rate = (agent.num_timesteps - start) / (time.time() - t_learn)
-        save(args, agent, env, state())
-        scores = real(args.out / "agent.zip", args.eval_episodes, args.seed + EVAL_SEED)
+        save(config, agent, env, state())
+        scores = real(config.out / "agent.zip", config.eval_episodes, config.seed + EVAL_SEED)
         rows.append({"timesteps": agent.num_timesteps, "dream_return": dream_return(agent),
                      "dream_episodes": len(agent.ep_info_buffer), "real_mean": float(np.mean(scores)),
                      "real_std": float(np.std(scores)), "steps_per_s": rate, "wall_s": state()["wall_s"]})
-        write_progress(args.out / "progress.csv", FIELDS, rows)
+        write_progress(config.out / "progress.csv", FIELDS, rows)
         postfix["real"] = f"{rows[-1]['real_mean']:.1f}"
         bar.set_postfix(postfix)
     bar.close()
@@ -196,42 +159,46 @@ def train(args, model, real: RealEvaluator) -> dict:
     return state()
 
 
-def run(args) -> dict:
+def run(config: AgentConfig) -> dict:
     """Train (or resume), then the final real and dream scores -> results (also OUT/results.json)."""
-    torch.set_num_threads(args.torch_threads)
-    model = load_model(args.model)
-    results_path, agent = args.out / "results.json", args.out / "agent.zip"
-    with RealEvaluator(args.model, args.workers, args.max_steps) as real:
-        state = train(args, model, real)
+    require_dir(config, model=config.model)
+    check_resume(config, MUST_MATCH, config.out / "run_config.json")
+    torch.set_num_threads(config.torch_threads)
+    model = load_model(config.model)
+    config.out.mkdir(parents=True, exist_ok=True)
+    save_config(config.out / "run_config.json", config)
+    results_path, agent = config.out / "results.json", config.out / "agent.zip"
+    with RealEvaluator(config.model, config.workers, config.max_steps) as real:
+        state = train(config, model, real)
         if results_path.exists():
             done = json.loads(results_path.read_text())
             if done["timesteps"] == state["timesteps"]:
                 return done
-        real_scores = real(agent, args.final_episodes, args.seed)
-    dream = evaluate_dream(agent, model, args.final_episodes, args.seed, args.temperature, args.max_steps)
+        real_scores = real(agent, config.final_episodes, config.real_seed)
+    dream = evaluate_dream(agent, model, config.final_episodes, config.seed, config.temperature, config.max_steps)
 
     results = {
-        "agent": str(agent), "algo": args.algo, "timesteps": state["timesteps"], "wall_s": state["wall_s"],
-        "real": summary(real_scores), "dream": summary(dream), "temperature": args.temperature,
-        "envs": args.envs, "bundle": state["bundle"], **git_state(),
-        "args": {k: str(v) for k, v in vars(args).items()},
+        "agent": str(agent), "algo": config.algo, "timesteps": state["timesteps"], "wall_s": state["wall_s"],
+        "real": summary(real_scores), "dream": summary(dream), "temperature": config.temperature,
+        "envs": config.envs, "bundle": state["bundle"], **git_state(), "config": to_json(config),
     }
-    if args.video:
-        results["video"] = str(args.out / "video.gif")
-        results["video_return"] = record_video(agent, model, results["video"], args.seed, args.max_steps)
+    if config.video:
+        results["video"] = str(config.out / "video.gif")
+        results["video_return"] = record_video(agent, model, results["video"], config.seed, config.max_steps)
     atomic_write_bytes(results_path, json.dumps(results, indent=1).encode())
     return results
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    results = run(args)
+def main(argv=None) -> int:
+    config = cli(AgentConfig, argv, presets={"quick": QUICK}, prog="python -m train.agent")
+    results = run(config)
     real, dream = results["real"], results["dream"]
     print(f"{results['algo']} after {results['timesteps']} steps: real {real['mean']:.1f} ± {real['std']:.1f} "
           f"over {real['episodes']} episodes; dream {dream['mean']:.1f} ± {dream['std']:.1f} "
           f"(τ={results['temperature']})")
-    print(f"results: {args.out / 'results.json'}, learning curve: {args.out / 'progress.csv'}"
+    print(f"results: {config.out / 'results.json'}, learning curve: {config.out / 'progress.csv'}"
           + (f", video: {results['video']}" if "video" in results else ""))
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,16 +1,18 @@
-"""Collect real CarRacing-v3 rollouts into shards: `python -m train.collect`.
+"""Collect real CarRacing-v3 rollouts into shards: `python -m train.collect` (`CollectConfig`).
 
-Episode i runs with env and policy seeds derived from (--seed, i) and is saved as
-`<out>/rollout_<i>.npz` (see dreamenv/shards.py), with one entry in `<out>/manifest.json`.
-Worker processes (spawned, never forked) each own one env. Rerunning the same command skips
-valid shards and redoes missing or corrupted ones; the shards, not the manifest, say what is
-done (the manifest is an index rebuilt from them). A failed episode, or a worker process that
-dies, is reported with its episode and error; the others finish and the command exits 1.
+Writes episodes --first-episode .. --first-episode + --episodes - 1 into --out: episode i runs
+with env and policy seeds derived from (--seed, i) and is saved as `<out>/rollout_<i>.npz` (see
+dreamenv/shards.py), with one entry in `<out>/manifest.json`. Worker processes (spawned, never
+forked) each own one env. Rerunning the same config skips valid shards and redoes missing or
+corrupted ones; the shards, not the manifest, say what is done (the manifest is an index rebuilt
+from them). A shard collected with another policy, seed, --max-steps or --model is never
+overwritten: its episode fails. A failed episode, or a worker process that dies, is reported
+with its episode and error; the others finish, `run` returns them in `CollectResult.failures`
+and the command exits 1.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import multiprocessing as mp
@@ -36,26 +38,62 @@ from dreamenv.shards import (
     write_manifest,
     write_shard,
 )
+from train.config import cli, require, require_dir
 from train.policies import AGENT_SUFFIXES, POLICIES, Policy, make_policy
 
 
 @dataclasses.dataclass(frozen=True)
 class CollectConfig:
-    """What a shard's content depends on; a rerun must match it to reuse shards."""
+    """Collect real CarRacing-v3 rollouts into shards (episodes first..first+N-1 of a seeded run)."""
 
-    out: Path = Path("data/rollouts")
-    policy: str = "mix"
+    episodes: int = 240
+    """number of rollouts"""
+    first_episode: int = 0
+    """index of the first (episodes first..first+N-1): add rollouts of another policy to a folder"""
+    workers: int | None = None
+    """worker processes (None: all cores)"""
     seed: int = 0
+    """base seed; episode i derives its seeds from (seed, i)"""
+    out: Path = Path("data/rollouts")
+    """output folder for shards and manifest.json"""
+    policy: str = "mix"
+    """ou | controller | track | track-perturbed | mix | random (train/policies.py), an agent file
+    (.zip / .npz) or package.module:factory"""
+    model: Path | None = None
+    """bundle an agent --policy reads through (None: the shipped one)"""
     max_steps: int = 1000
-    model: str | None = None  # the bundle an agent policy reads through (None: the shipped one)
+    """steps per episode before truncation"""
+
+    def __post_init__(self):
+        known = (f"one of {', '.join(POLICIES)}, an agent file ({' / '.join(AGENT_SUFFIXES)}) "
+                 f"or package.module:factory")
+        require(self, episodes=(self.episodes >= 1, ">= 1"), first_episode=(self.first_episode >= 0, ">= 0"),
+                workers=(self.workers is None or self.workers >= 1, "None (all cores) or >= 1"),
+                max_steps=(self.max_steps >= 1, ">= 1"),
+                policy=(self.policy in POLICIES or ":" in self.policy or self.is_agent, known),
+                model=(self.model is None or self.is_agent,
+                       "None unless --policy is an agent file (it is the world model an agent reads through)"))
+
+    @property
+    def is_agent(self) -> bool:
+        """Whether `policy` is an agent file (read through `model`)."""
+        return self.policy.endswith(AGENT_SUFFIXES)
+
+    @property
+    def next_episode(self) -> int:
+        """The index after this run's last episode: where a further collection into `out` starts."""
+        return self.first_episode + self.episodes
 
     def expected_meta(self, episode: int) -> dict:
+        """What a shard's content depends on; a rerun must match it to reuse the shard."""
         meta = {"episode": episode, "policy": self.policy, "seed": self.seed, "max_steps": self.max_steps}
-        return meta if self.model is None else {**meta, "model": self.model}
+        return meta if self.model is None else {**meta, "model": str(self.model)}
 
 
 @dataclasses.dataclass
 class CollectResult:
+    """What one `run` did (its episodes only)."""
+
     entries: dict[str, dict]  # shard file name -> manifest entry, for this run's episodes
     failures: dict[int, str]  # episode -> error
     collected: int = 0
@@ -259,15 +297,40 @@ def run_workers(config: CollectConfig, episodes: list[int], workers: int, on_out
             w.stop()
 
 
-def collect(config: CollectConfig, episodes: int, workers: int, progress: bool = True,
-            first: int = 0) -> CollectResult:
-    """Collect episodes first..first+episodes-1 into config.out; keeps manifest.json up to date."""
+def _load_manifest_entries(folder: Path) -> dict[str, dict]:
+    """Entries of an existing manifest whose shard still exists; {} if none or corrupted."""
+    try:
+        entries = read_manifest(folder)["shards"]
+    except FileNotFoundError:
+        return {}
+    except ShardError as err:
+        print(f"train/collect.py: rebuilding the manifest: {err}", file=sys.stderr)
+        return {}
+    return {e["file"]: e for e in entries if isinstance(e, dict) and (folder / str(e.get("file"))).is_file()}
+
+
+def default_workers() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def check_inputs(config: CollectConfig) -> None:
+    """ValueError naming the field of a missing agent file or model bundle (checked when a run
+    starts, not in CollectConfig: a pipeline builds configs before earlier stages write these)."""
+    if config.is_agent and not Path(config.policy).is_file():
+        raise ValueError(f"CollectConfig.policy: agent file {config.policy} does not exist")
+    require_dir(config, model=config.model)
+
+
+def run(config: CollectConfig, *, progress: bool = True) -> CollectResult:
+    """Collect episodes first_episode..next_episode-1 into config.out (skipping finished shards);
+    keeps manifest.json up to date. Failed episodes are in the result's `failures`, not raised."""
+    check_inputs(config)
     make_policy(config.policy, config.model)  # fail fast on a bad policy or agent, before spawning workers
     config.out.mkdir(parents=True, exist_ok=True)
     manifest = _load_manifest_entries(config.out)
     result = CollectResult(entries={}, failures={})
     start = time.perf_counter()
-    bar = tqdm(total=episodes, unit="rollout", desc="collect", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=config.episodes, unit="rollout", desc="collect", disable=not progress, dynamic_ncols=True)
 
     def on_outcome(episode: int, outcome: tuple) -> None:
         name = shard_name(episode)
@@ -291,70 +354,29 @@ def collect(config: CollectConfig, episodes: int, workers: int, progress: bool =
         )
 
     try:
-        run_workers(config, list(range(first, first + episodes)), workers, on_outcome)
+        run_workers(config, list(range(config.first_episode, config.next_episode)),
+                    config.workers or default_workers(), on_outcome)
     finally:
         bar.close()
     return result
 
 
-def _load_manifest_entries(folder: Path) -> dict[str, dict]:
-    """Entries of an existing manifest whose shard still exists; {} if none or corrupted."""
-    try:
-        entries = read_manifest(folder)["shards"]
-    except FileNotFoundError:
-        return {}
-    except ShardError as err:
-        print(f"train/collect.py: rebuilding the manifest: {err}", file=sys.stderr)
-        return {}
-    return {e["file"]: e for e in entries if isinstance(e, dict) and (folder / str(e.get("file"))).is_file()}
+def report_failures(result: CollectResult) -> None:
+    """One line per failed episode (its error's last line) on stderr."""
+    print(f"train/collect.py: {len(result.failures)} episode(s) failed:", file=sys.stderr)
+    for episode, error in sorted(result.failures.items()):
+        print(f"  episode {episode} ({shard_name(episode)}): {error.strip().splitlines()[-1]}", file=sys.stderr)
 
 
-def default_workers() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m train.collect", description=__doc__.split("\n")[0])
-    p.add_argument("--episodes", type=int, default=240, help="number of rollouts")
-    p.add_argument("--first-episode", type=int, default=0,
-                   help="index of the first (episodes first..first+N-1): add rollouts of another policy to a folder")
-    p.add_argument("--workers", type=int, default=default_workers(), help="worker processes (default: all cores)")
-    p.add_argument("--seed", type=int, default=0, help="base seed; episode i derives its seeds from (seed, i)")
-    p.add_argument("--out", type=Path, default=Path("data/rollouts"), help="output folder for shards and manifest.json")
-    p.add_argument("--policy", default="mix",
-                   help=f"{' | '.join(POLICIES)} | an agent file (.zip / .npz) | package.module:factory")
-    p.add_argument("--model", default=None, help="bundle an agent --policy reads through (default: the shipped one)")
-    p.add_argument("--max-steps", type=int, default=1000, help="steps per episode before truncation")
-    args = p.parse_args(argv)
-    for flag in ("episodes", "workers", "max_steps"):
-        if getattr(args, flag) < 1:
-            p.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
-    if args.first_episode < 0:
-        p.error(f"--first-episode must be >= 0, got {args.first_episode}")
-    agent = args.policy.endswith(AGENT_SUFFIXES)
-    if args.policy not in POLICIES and ":" not in args.policy and not agent:
-        p.error(f"unknown --policy '{args.policy}'; choose from {', '.join(POLICIES)}, an agent file "
-                f"(.zip / .npz) or package.module:factory")
-    if agent and not Path(args.policy).is_file():
-        p.error(f"--policy {args.policy}: no such agent file")
-    if args.model is not None and not agent:
-        p.error("--model is the world model an agent --policy reads through; this --policy is not an agent file")
-    return args
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    config = CollectConfig(out=args.out, policy=args.policy, seed=args.seed, max_steps=args.max_steps,
-                           model=args.model)
-    result = collect(config, args.episodes, args.workers, first=args.first_episode)
+def main(argv=None) -> int:
+    config = cli(CollectConfig, argv, prog="python -m train.collect")
+    result = run(config)
     print(
         f"collected {result.collected}, skipped {result.skipped} finished, "
         f"{result.frames} frames in {result.seconds:.0f}s -> {config.out}"
     )
     if result.failures:
-        print(f"train/collect.py: {len(result.failures)} episode(s) failed:", file=sys.stderr)
-        for episode, error in sorted(result.failures.items()):
-            print(f"  episode {episode} ({shard_name(episode)}): {error.strip().splitlines()[-1]}", file=sys.stderr)
+        report_failures(result)
         return 1
     return 0
 

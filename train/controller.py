@@ -1,17 +1,21 @@
-"""Train the paper's controller C by CMA-ES inside the dream: `python -m train.controller`.
+"""Train the paper's controller C by CMA-ES inside the dream: `python -m train.controller` (`ControllerConfig`).
 
-C is linear: a = squash([z, h] W + b), steer = tanh, gas and brake = (tanh + 1) / 2 (867
-parameters for the 288-d "zh" of the shipped model). Each generation asks evosax's CMA-ES for
---population candidates, runs --rollouts dream episodes of up to --steps steps for each (all
-population × rollouts episodes in one jitted `world_model.rollout`, vmapped over candidates)
-and tells it the mean returns. All candidates of a generation share the generation's random
-dreams (common random numbers: candidates are ranked on the same episodes).
+C is linear (`train.controller_policy`): a = squash([z, h] W + b), steer = tanh, gas and brake =
+(tanh + 1) / 2 (867 parameters for the 288-d "zh" of the shipped model). Each generation asks
+evosax's CMA-ES for --population candidates, runs --rollouts dream episodes of up to --steps steps
+for each (all population × rollouts episodes in one jitted `world_model.rollout`, vmapped over
+candidates) and tells it the mean returns. All candidates of a generation share the generation's
+random dreams (common random numbers: candidates are ranked on the same episodes).
 
 As in the paper, the best controller is chosen by the distribution's mean, scored every
 --eval-every generations on --eval-rollouts dreams (fixed episodes, so scores compare), not by
-the luckiest candidate. Checkpoints (CMA-ES state, best params) are written atomically every
---ckpt-every generations and a rerun resumes. At the end the best controller (OUT/controller.npz)
-is scored on --final-episodes real CarRacing-v3 episodes and in the dream -> OUT/results.json.
+the luckiest candidate. The loop is `train.loop.fit` (`ControllerTrainer`, one update = one
+generation): checkpoints (CMA-ES state, key, best params) are written atomically every
+--ckpt-every generations, a rerun resumes, non-finite dream returns stop the run with the last
+good checkpoint kept, and OUT/metrics.json holds one record per generation (fitness mean and max,
+σ, the mean's eval score where one ran, the best so far). At the end the best controller
+(OUT/controller.npz) is scored on --final-episodes real CarRacing-v3 episodes and in the dream
+-> OUT/results.json.
 """
 
 from __future__ import annotations
@@ -20,58 +24,83 @@ import jax
 
 jax.config.update("jax_cpu_enable_async_dispatch", False)  # before JAX starts: see dreamenv/envs/dream.py
 
-import argparse  # noqa: E402
+import dataclasses  # noqa: E402
 import functools  # noqa: E402
-import io  # noqa: E402
 import json  # noqa: E402
+import math  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Literal  # noqa: E402
 
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from evosax.algorithms import CMA_ES  # noqa: E402
-from tqdm import tqdm  # noqa: E402
 
 from dreamenv import MAX_EPISODE_STEPS  # noqa: E402
 from dreamenv import world_model as wm  # noqa: E402
-from dreamenv.atomic import atomic_write, atomic_write_bytes  # noqa: E402
-from dreamenv.envs.dream import DEFAULT_MODEL, check_temperature, load_model, observation_space  # noqa: E402
-from train.progress_log import read_progress, write_progress  # noqa: E402
-from train.provenance import git_state  # noqa: E402
+from dreamenv.atomic import atomic_write_bytes  # noqa: E402
+from dreamenv.envs.spaces import observation_space  # noqa: E402
+from dreamenv.model import DEFAULT_MODEL, load_model  # noqa: E402
+from train.config import check_resume, cli, require, require_dir, save_config, to_json  # noqa: E402
+from train.controller_policy import act, init_params, save_controller  # noqa: E402
 from train.evaluate import evaluate_dream, evaluate_real, record_video, summary  # noqa: E402
-from train.trainstate import TrainCheckpoint  # noqa: E402
+from train.loop import LoopConfig, Trainer, fit  # noqa: E402
+from train.provenance import git_state  # noqa: E402
 
 EVAL_KEY = 2**31 - 1  # the fixed dreams every mean-evaluation runs
-FIELDS = ["generation", "fitness_mean", "fitness_max", "sigma", "eval_score", "wall_s"]
+# what a rerun in the same OUT must keep: they define the search and what its scores mean
+MUST_MATCH = ("model", "obs", "population", "rollouts", "steps", "temperature", "sigma", "eval_rollouts", "seed")
 
 
-def init_params(obs_dim: int) -> dict:
-    """Zero controller: steer 0, gas and brake 0.5. {"W": [D, 3], "b": [3]}"""
-    return {"W": jnp.zeros((obs_dim, 3)), "b": jnp.zeros(3)}
+@dataclasses.dataclass(frozen=True)
+class ControllerConfig:
+    """Train the linear controller by CMA-ES in the dream, then score the best one on the real game."""
 
+    model: Path | None = None
+    """bundle folder (default: the shipped one)"""
+    out: Path = Path("runs/controller")
+    """run folder: checkpoint/, metrics.json, controller.npz, results.json"""
+    obs: Literal["z", "zh"] = "zh"
+    """what the controller reads: z, or [z, h]"""
+    generations: int = 300
+    population: int = 64
+    """CMA-ES candidates per generation (>= 4)"""
+    rollouts: int = 16
+    """dream episodes per candidate"""
+    steps: int = MAX_EPISODE_STEPS
+    """dream episode length"""
+    temperature: float = 1.0
+    """dream τ"""
+    sigma: float = 0.1
+    """CMA-ES initial step size"""
+    eval_every: int = 25
+    """generations between mean evaluations"""
+    eval_rollouts: int = 1024
+    """fixed dream episodes of each mean evaluation"""
+    ckpt_every: int = 5
+    """generations between checkpoints"""
+    final_episodes: int = 100
+    """real (and dream) episodes for the final score"""
+    max_steps: int | None = None
+    """real episode length (default 1000)"""
+    workers: int = 2
+    """real-evaluation subprocesses (0: in this process)"""
+    video: bool = True
+    """record one real episode of the best controller to OUT/video.gif"""
+    seed: int = 0
 
-def act(params: dict, obs):
-    """obs [B, D] -> actions [B, 3] inside CarRacing-v3's action space."""
-    y = jnp.tanh(obs @ params["W"] + params["b"])  # [B, 3]
-    return jnp.concatenate([y[:, :1], (y[:, 1:] + 1.0) / 2.0], axis=-1)
-
-
-def save_controller(path, params: dict) -> Path:
-    buf = io.BytesIO()
-    np.savez(buf, **jax.device_get(params))
-    return atomic_write_bytes(path, buf.getvalue())
-
-
-def load_controller(path) -> dict:
-    """A controller .npz -> {"W": [D, 3], "b": [3]} float32; ValueError naming what is wrong."""
-    with np.load(path) as f:
-        params = {k: f[k].astype(np.float32) for k in f.files}
-    if set(params) != {"W", "b"} or params["W"].ndim != 2 or params["W"].shape[1:] != (3,) \
-            or params["b"].shape != (3,):
-        shapes = {k: v.shape for k, v in params.items()}
-        raise ValueError(f"{path} is not a controller: arrays {shapes}, expected W [D, 3] and b [3]")
-    return params
+    def __post_init__(self):
+        pos = ">= 1"
+        require(self, generations=(self.generations >= 1, pos),
+                population=(self.population >= 4, ">= 4 (CMA-ES)"), rollouts=(self.rollouts >= 1, pos),
+                steps=(self.steps >= 1, pos),
+                temperature=(math.isfinite(self.temperature) and self.temperature >= 0, "a finite number >= 0"),
+                sigma=(math.isfinite(self.sigma) and self.sigma > 0, "a finite number > 0"),
+                eval_every=(self.eval_every >= 1, pos), eval_rollouts=(self.eval_rollouts >= 1, pos),
+                ckpt_every=(self.ckpt_every >= 1, pos), final_episodes=(self.final_episodes >= 1, pos),
+                max_steps=(self.max_steps is None or self.max_steps >= 1, "None or >= 1"),
+                workers=(self.workers >= 0, ">= 0"))
 
 
 @functools.partial(jax.jit, static_argnames=("rollouts", "steps", "obs"))
@@ -98,134 +127,133 @@ def generation(model, es, es_params, es_state, key, temperature, rollouts: int, 
     return es_state, fit
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m train.controller", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", type=Path, default=None, help="bundle folder (default: the shipped one)")
-    p.add_argument("--out", type=Path, default=Path("runs/controller"))
-    p.add_argument("--obs", choices=("z", "zh"), default="zh")
-    p.add_argument("--generations", type=int, default=300)
-    p.add_argument("--population", type=int, default=64)
-    p.add_argument("--rollouts", type=int, default=16, help="dream episodes per candidate")
-    p.add_argument("--steps", type=int, default=MAX_EPISODE_STEPS, help="dream episode length")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--sigma", type=float, default=0.1, help="CMA-ES initial step size")
-    p.add_argument("--eval-every", type=int, default=25, help="generations between mean evaluations")
-    p.add_argument("--eval-rollouts", type=int, default=1024)
-    p.add_argument("--ckpt-every", type=int, default=5)
-    p.add_argument("--final-episodes", type=int, default=100, help="real episodes for the final score")
-    p.add_argument("--max-steps", type=int, default=None, help="real episode length (default 1000)")
-    p.add_argument("--workers", type=int, default=2, help="real-evaluation subprocesses")
-    p.add_argument("--video", action=argparse.BooleanOptionalAction, default=True,
-                   help="record one real episode of the best controller to OUT/video.gif")
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    for name in ("generations", "population", "rollouts", "steps", "eval_every", "eval_rollouts",
-                 "ckpt_every", "final_episodes"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.population < 4:
-        p.error(f"--population must be >= 4 for CMA-ES, got {args.population}")
-    check_temperature(args.temperature)
-    return args
+class ControllerTrainer(Trainer):
+    """One CMA-ES run for `train.loop.fit`: an update is one generation.
+
+    Checkpointed state: {"es": CMA-ES state, "step": generations done, "key": key data, "best":
+    the best mean's params, "best_score": its eval score, "best_generation" (-1: none yet; the score
+    is then a finite placeholder, since fit never saves non-finite leaves), "wall_s"}. The "loss"
+    fit watches for NaN/inf is minus the generation's mean fitness. OUT/controller.npz is rewritten
+    whenever an eval finds a better mean, and again on restore, so it is always the state's best.
+    """
+
+    def __init__(self, config: ControllerConfig, model: wm.WorldModel):
+        self.config, self.model = config, model
+        dim = observation_space(model, config.obs).shape[0]
+        self.es = strategy(config.population, dim)
+        self.es_params = self.es.default_params.replace(std_init=jnp.float32(config.sigma))
+        self.key, k_init = jax.random.split(jax.random.key(config.seed))
+        es_state = self.es.init(k_init, init_params(dim), self.es_params)
+        self.es_state = jax.tree_util.tree_map(lambda x: jnp.array(x, x.dtype), es_state)  # strong types: no retrace
+        self.step, self.best, self.best_score, self.best_generation = 0, init_params(dim), 0.0, -1
+        self.temperature = jnp.float32(config.temperature)
+        self.dream_steps = config.population * config.rollouts * config.steps  # per generation
+        self.timed, self.warm = (0, 0.0), False  # generations timed in this run (not its first), seconds
+        self.wall_base, self.t0, self.record = 0.0, time.time(), {}
+
+    def wall(self) -> float:
+        """Training seconds, over all runs in OUT."""
+        return self.wall_base + time.time() - self.t0
+
+    def state(self) -> dict:
+        return {"es": self.es_state, "step": self.step, "key": jax.random.key_data(self.key), "best": self.best,
+                "best_score": self.best_score, "best_generation": self.best_generation, "wall_s": self.wall()}
+
+    def load(self, state: dict) -> None:
+        self.es_state, self.best = jax.device_put((state["es"], state["best"]))
+        self.key, self.step = jax.random.wrap_key_data(jnp.asarray(state["key"])), int(state["step"])
+        self.best_score, self.best_generation = float(state["best_score"]), int(state["best_generation"])
+        self.wall_base, self.t0 = float(state["wall_s"]), time.time()
+        if self.best_generation >= 0:  # a generation after the checkpoint may have saved another best
+            save_controller(self.config.out / "controller.npz", self.best)
+
+    def score_mean(self) -> float:
+        """The distribution mean's score on the fixed eval dreams."""
+        mean = jax.tree_util.tree_map(lambda x: x[None], self.es.get_mean(self.es_state))
+        c = self.config
+        return float(fitness(self.model, mean, jax.random.key(EVAL_KEY), self.temperature, c.eval_rollouts,
+                             c.steps, c.obs)[0])
+
+    def update(self, step: int) -> dict:
+        c, t_gen = self.config, time.time()
+        self.key, k_gen = jax.random.split(self.key)
+        self.es_state, fit = generation(self.model, self.es, self.es_params, self.es_state, k_gen, self.temperature,
+                                        c.rollouts, c.steps, c.obs)
+        fit = np.asarray(fit)  # [P], a host sync: the timing below is the generation's
+        if self.warm:  # the first generation of a run includes compilation
+            self.timed = (self.timed[0] + 1, self.timed[1] + time.time() - t_gen)
+        self.warm, gen = True, step + 1
+        self.step = gen
+        eval_score = None
+        if gen % c.eval_every == 0 or gen == c.generations:
+            eval_score = self.score_mean()
+            if math.isfinite(eval_score) and (self.best_generation < 0 or eval_score > self.best_score):
+                self.best, self.best_score, self.best_generation = self.es.get_mean(self.es_state), eval_score, gen
+                save_controller(c.out / "controller.npz", self.best)
+        self.record = {"fitness_mean": float(fit.mean()), "fitness_max": float(fit.max()),
+                       "sigma": float(self.es_state.std), "eval_score": eval_score,
+                       "best_score": self.best_score if self.best_generation >= 0 else None,
+                       "wall_s": self.wall()}
+        return {"loss": -fit.mean(), "fitness_max": fit.max()}
+
+    def evaluate(self, step: int) -> dict:
+        return dict(self.record)
+
+    def speed(self) -> dict:
+        """Generations and dream steps per second of this process's timed generations (None: none timed)."""
+        rate = self.timed[0] / self.timed[1] if self.timed[1] else None
+        return {"generations_per_s": rate, "dream_steps_per_s": rate * self.dream_steps if rate else None}
 
 
-def train(args) -> dict:
-    """Run (or resume) CMA-ES to --generations; -> the state of the best controller so far."""
-    model = load_model(args.model)
-    dim = observation_space(model, args.obs).shape[0]
-    es = strategy(args.population, dim)
-    es_params = es.default_params.replace(std_init=jnp.float32(args.sigma))
-    key, k_init = jax.random.split(jax.random.key(args.seed))
-    es_state = es.init(k_init, init_params(dim), es_params)
-    es_state = jax.tree_util.tree_map(lambda x: jnp.array(x, x.dtype), es_state)  # strong types: no retrace
-    state = {"es": es_state, "step": 0, "key": jax.random.key_data(key),
-             "best": init_params(dim), "best_score": -np.inf, "best_generation": -1, "wall_s": 0.0}
-    ckpt = TrainCheckpoint(args.out / "checkpoint")
-    state = ckpt.restore(state) or state
-    temperature = jnp.float32(args.temperature)
-    score_mean = lambda es_state: float(fitness(  # mean-controller score on the fixed eval dreams
-        model, jax.tree_util.tree_map(lambda x: x[None], es.get_mean(es_state)), jax.random.key(EVAL_KEY),
-        temperature, args.eval_rollouts, args.steps, args.obs)[0])
-
-    progress = args.out / "progress.csv"
-    rows = read_progress(progress, FIELDS, int(state["step"]))
-    es_state, key, gen = state["es"], jax.random.wrap_key_data(jnp.asarray(state["key"])), int(state["step"])
-    best = {k: state[k] for k in ("best", "best_score", "best_generation")}
-    wall, t0, timed = float(state["wall_s"]), time.time(), (0, 0.0)  # timed: generations, seconds since compile
-    dream_steps = args.population * args.rollouts * args.steps
-    bar = tqdm(total=args.generations, initial=gen, unit="gen", desc="controller", dynamic_ncols=True)
-    while gen < args.generations:
-        t_gen = time.time()
-        key, k_gen = jax.random.split(key)
-        es_state, fit = generation(model, es, es_params, es_state, k_gen, temperature, args.rollouts,
-                                   args.steps, args.obs)
-        fit = np.asarray(fit)
-        if not np.isfinite(fit).all():
-            raise FloatingPointError(f"dream returns became non-finite at generation {gen}; the last "
-                                     f"checkpoint in {ckpt.folder} is kept")
-        gen += 1
-        if gen > int(state["step"]) + 1:  # the first generation of a run includes compilation
-            timed = (timed[0] + 1, timed[1] + time.time() - t_gen)
-        row = {"generation": gen, "fitness_mean": float(fit.mean()), "fitness_max": float(fit.max()),
-               "sigma": float(es_state.std), "eval_score": "", "wall_s": 0.0}
-        if gen % args.eval_every == 0 or gen == args.generations:
-            row["eval_score"] = score_mean(es_state)
-            if row["eval_score"] > best["best_score"]:
-                best = {"best": es.get_mean(es_state), "best_score": row["eval_score"], "best_generation": gen}
-                save_controller(args.out / "controller.npz", best["best"])
-        row["wall_s"] = wall + time.time() - t0
-        rows.append(row)
-        bar.update(1)
-        rate = timed[0] / timed[1] if timed[1] else float("nan")
-        bar.set_postfix(mean=f"{fit.mean():.1f}", max=f"{fit.max():.1f}", best=f"{best['best_score']:.1f}",
-                        gen_s=f"{rate:.3f}", dream_sps=f"{rate * dream_steps:.0f}")
-        if gen % args.ckpt_every == 0 or row["eval_score"] != "":
-            ckpt.save({"es": es_state, "step": gen, "key": jax.random.key_data(key), **best,
-                       "wall_s": row["wall_s"]})
-            write_progress(progress, FIELDS, rows)
-    bar.close()
-    rate = timed[0] / timed[1] if timed[1] else None
-    return {"generation": gen, "best_score": float(best["best_score"]), "best_generation": int(best["best_generation"]),
-            "wall_s": float(rows[-1]["wall_s"]) if rows else wall, "generations_per_s": rate,
-            "dream_steps_per_s": rate * dream_steps if rate else None}
+def train(config: ControllerConfig) -> dict:
+    """Run (or resume) CMA-ES to config.generations -> {generation, best_score, best_generation, wall_s,
+    generations_per_s, dream_steps_per_s}."""
+    trainer = ControllerTrainer(config, load_model(config.model))
+    loop = LoopConfig(steps=config.generations, ckpt_every=config.ckpt_every, eval_every=1, log_every=1)
+    fit(trainer, config.out, loop, name="controller")
+    return {"generation": trainer.step, "best_score": trainer.best_score, "best_generation": trainer.best_generation,
+            "wall_s": float(trainer.state()["wall_s"]), **trainer.speed()}
 
 
-def run(args) -> dict:
+def run(config: ControllerConfig) -> dict:
     """Train (or resume) then score the best controller on the real game -> results (also OUT/results.json)."""
-    results_path = args.out / "results.json"
-    trained = train(args)
+    require_dir(config, model=config.model)
+    check_resume(config, MUST_MATCH, config.out / "run_config.json")
+    config.out.mkdir(parents=True, exist_ok=True)
+    save_config(config.out / "run_config.json", config)
+    results_path = config.out / "results.json"
+    trained = train(config)
     if results_path.exists():
         done = json.loads(results_path.read_text())
         if done["generations"] == trained["generation"]:
             return done
-    agent = args.out / "controller.npz"
-    real = evaluate_real(agent, args.model, args.final_episodes, args.seed, args.workers, args.max_steps)
-    dream = evaluate_dream(agent, args.model, args.final_episodes, args.seed, args.temperature, args.steps)
+    agent = config.out / "controller.npz"
+    real = evaluate_real(agent, config.model, config.final_episodes, config.seed, config.workers, config.max_steps)
+    dream = evaluate_dream(agent, config.model, config.final_episodes, config.seed, config.temperature, config.steps)
 
     results = {
         "agent": str(agent), "algo": "cma-es", "generations": trained["generation"],
         "best_generation": trained["best_generation"], "best_dream_score": trained["best_score"],
-        "real": summary(real), "dream": summary(dream), "temperature": args.temperature,
-        "population": args.population, "rollouts": args.rollouts, "dream_steps": args.steps,
+        "real": summary(real), "dream": summary(dream), "temperature": config.temperature,
+        "population": config.population, "rollouts": config.rollouts, "dream_steps": config.steps,
         "wall_s": trained["wall_s"], "generations_per_s": trained["generations_per_s"],
         "dream_steps_per_s": trained["dream_steps_per_s"],
-        "bundle": str(args.model or DEFAULT_MODEL), **git_state(),
-        "args": {k: str(v) for k, v in vars(args).items()},
+        "bundle": str(config.model or DEFAULT_MODEL), **git_state(), "config": to_json(config),
     }
-    if args.video:
-        results["video"] = str(args.out / "video.gif")
-        results["video_return"] = record_video(agent, args.model, results["video"], args.seed, args.max_steps)
-    atomic_write(results_path, lambda f: f.write(json.dumps(results, indent=1).encode()))
+    if config.video:
+        results["video"] = str(config.out / "video.gif")
+        results["video_return"] = record_video(agent, config.model, results["video"], config.seed, config.max_steps)
+    atomic_write_bytes(results_path, json.dumps(results, indent=1).encode())
     return results
 
 
-def main(argv=None):
-    results = run(parse_args(argv))
+def main(argv=None) -> int:
+    results = run(cli(ControllerConfig, argv, prog="python -m train.controller"))
     real, dream = results["real"], results["dream"]
     print(f"real {real['mean']:.1f} ± {real['std']:.1f} over {real['episodes']} episodes; "
           f"dream {dream['mean']:.1f} ± {dream['std']:.1f} (τ={results['temperature']}); "
           f"{results['generations_per_s'] or float('nan'):.3f} generations/s")
+    return 0
 
 
 if __name__ == "__main__":

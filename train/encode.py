@@ -1,4 +1,4 @@
-"""Encode rollout shards into latent rollouts: `python -m train.encode`.
+"""Encode rollout shards into latent rollouts: `python -m train.encode` (`EncodeConfig`).
 
 Runs the trained VAE's encoder (batched, jitted) over every shard in --data and writes one
 latent file per rollout into --out (`train.latents`: mu, logvar, action, reward, done, and the
@@ -8,7 +8,7 @@ different VAE are re-encoded (and counted), never mixed in.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -19,18 +19,26 @@ from tqdm import tqdm
 from dreamenv.frames import to_float
 from dreamenv.shards import list_shards, load_shard
 from dreamenv.vae import VAE, jit_options
+from train.config import cli, require
 from train.latents import read_fingerprint, vae_fingerprint, write_latents
 from train.vae_run import load_vae_run
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m train.encode", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, default=Path("data/rollouts"), help="rollout shard folder")
-    p.add_argument("--vae", type=Path, default=Path("runs/vae"), help="VAE run folder (train.vae --out)")
-    p.add_argument("--out", type=Path, default=Path("data/latents"), help="latent folder")
-    p.add_argument("--batch-size", type=int, default=250)
-    return p.parse_args(argv)
+@dataclasses.dataclass(frozen=True)
+class EncodeConfig:
+    """Encode every rollout shard not yet encoded by this VAE into one latent file per rollout."""
+
+    data: Path = Path("data/rollouts")
+    """rollout shard folder (train.collect --out)"""
+    vae: Path = Path("runs/vae")
+    """VAE run folder (train.vae --out)"""
+    out: Path = Path("data/latents")
+    """latent folder"""
+    batch_size: int = 250
+    """frames per encoder call"""
+
+    def __post_init__(self):
+        require(self, batch_size=(self.batch_size >= 1, ">= 1"))
 
 
 def make_encoder(vae: VAE, params, batch_size: int):
@@ -53,9 +61,10 @@ def make_encoder(vae: VAE, params, batch_size: int):
     return encode
 
 
-def encode_all(data: Path, vae_run: Path, out: Path, batch_size: int = 250) -> dict:
-    """Encode every shard not yet encoded by this VAE -> counts {encoded, skipped, replaced}."""
-    vae, params = load_vae_run(vae_run)
+def run(config: EncodeConfig) -> dict:
+    """Encode every shard of config.data not yet encoded by this VAE -> counts {encoded, skipped, replaced, vae}."""
+    data, out, batch_size = config.data, config.out, config.batch_size
+    vae, params = load_vae_run(config.vae)
     fingerprint = vae_fingerprint(vae, params)
     encode = make_encoder(vae, params, batch_size)
     counts = dict(encoded=0, skipped=0, replaced=0)
@@ -79,10 +88,10 @@ def encode_all(data: Path, vae_run: Path, out: Path, batch_size: int = 250) -> d
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    counts = encode_all(args.data, args.vae, args.out, args.batch_size)
+    config = cli(EncodeConfig, argv, prog="python -m train.encode")
+    counts = run(config)
     print(f"encoded {counts['encoded']} rollouts ({counts['replaced']} re-encoded for VAE "
-          f"{counts['vae']}), skipped {counts['skipped']} already encoded, into {args.out}")
+          f"{counts['vae']}), skipped {counts['skipped']} already encoded, into {config.out}")
     return 0
 
 

@@ -4,12 +4,12 @@
     scores = evaluate_dream("runs/controller/controller.npz", "runs/bundle", episodes=100, temperature=1.15)
 
 An agent is a file: an SB3 .zip (PPO or SAC, loaded on the CPU, deterministic actions) or a
-controller .npz (`train.controller`). Its observation mode ("z" | "zh" | "pixels") is read off
-its observation shape. Real episodes run on LatentCarRacing-v0 (the real CarRacing-v3, real
-rewards, 1000-step episodes unless max_steps says otherwise); episode i is reset with seed + i,
-so the scores are reproducible and the same for any number of workers. Workers are 'spawn'
-subprocesses (JAX does not survive fork) with one torch thread each; `RealEvaluator` keeps them
-alive between evaluations. Dream episodes run all at once in one DreamVectorEnv.
+controller .npz (`train.controller_policy`, trained by `train.controller`). Its observation mode
+("z" | "zh" | "pixels") is read off its observation shape. Real episodes run on LatentCarRacing-v0
+(the real CarRacing-v3, real rewards, 1000-step episodes unless max_steps says otherwise); episode
+i is reset with seed + i, so the scores are reproducible and the same for any number of workers.
+Workers are 'spawn' subprocesses (JAX does not survive fork) with one torch thread each;
+`RealEvaluator` keeps them alive between evaluations. Dream episodes run all at once in one DreamVectorEnv.
 """
 
 from __future__ import annotations
@@ -30,8 +30,10 @@ import numpy as np
 from dreamenv import MAX_EPISODE_STEPS  # importing dreamenv registers LatentCarRacing-v0
 from dreamenv import world_model as wm
 from dreamenv.atomic import atomic_write
-from dreamenv.envs.dream import load_model, observation_space
+from dreamenv.envs.spaces import observation_space
 from dreamenv.envs.vector import DreamVectorEnv
+from dreamenv.model import load_model
+from train import controller_policy
 
 VIDEO_FPS = 25  # every 2nd frame of CarRacing-v3's 50
 
@@ -80,10 +82,8 @@ def load_policy(path, model: wm.WorldModel) -> Policy:
         return Policy(lambda o: agent.predict(o, deterministic=True)[0],
                       obs_mode(model, agent.observation_space.shape, path))
     if path.suffix == ".npz":
-        from train import controller  # imported here: train.controller imports this module
-
-        params = jax.device_put(controller.load_controller(path))
-        act = jax.jit(controller.act)
+        params = jax.device_put(controller_policy.load_controller(path))
+        act = jax.jit(controller_policy.act)
         return Policy(lambda o: np.asarray(act(params, o)), obs_mode(model, params["W"].shape[:1], path))
     raise ValueError(f"agent {path} is neither an SB3 .zip nor a controller .npz")
 

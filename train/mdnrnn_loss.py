@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dreamenv.mdnrnn import MDNRNN, REWARD_EVENT_ABOVE, previous_rewards
+from dreamenv.mdnrnn import MDNRNN
 from dreamenv.mixture import mdn_log_prob, mdn_mean, mdn_nll
 
 
@@ -44,21 +44,8 @@ def gather_windows(data: dict, rollout, start, seq_len: int) -> dict:
     return jax.vmap(one)(rollout, start)
 
 
-def training_latents(model: MDNRNN, window: dict, key, z_noise, mean_share=0.5):
-    """The windows' latents z [B, L+1, D] and sample flags [B]: z = mu + z_noise·σ·ε, except in the
-    share `mean_share` of the windows (drawn afresh) a `sample_flag` model sees as encoder means
-    (flag 0, z = mu)."""
-    eps = jax.random.normal(key, window["mu"].shape)
-    batch = eps.shape[0]
-    sampled = jnp.ones(batch)
-    if model.sample_flag:
-        sampled = 1.0 - jax.random.bernoulli(jax.random.fold_in(key, 1), mean_share, (batch,)).astype(jnp.float32)
-    z = window["mu"] + z_noise * sampled[:, None, None] * jnp.exp(0.5 * window["logvar"]) * eps
-    return z, sampled
-
-
 def window_loss(model: MDNRNN, params, window: dict, key, done_pos_weight, reward_weight, done_weight,
-                z_noise=0.0, mean_share=0.5):
+                z_noise=0.0):
     """Loss on windows: mixture NLL of z_{t+1} (per latent dim), squared-error reward, weighted BCE done.
 
     The reward head is fit by squared error, so it predicts the expected reward: CarRacing's is a
@@ -69,19 +56,13 @@ def window_loss(model: MDNRNN, params, window: dict, key, done_pos_weight, rewar
     done_logit + log w: weighted BCE's optimum is then done_logit = log(p / (1 − p)), so the head
     stays calibrated and the env's "P(done) > 0.5" means what it says.
 
-    A `reward_input` model reads window["prev_reward"] (r_{t-1}) and fits its reward levels instead
-    (`reward_levels_loss`).
-
-    window: mu, logvar [B, L+1, D]; action [B, L+1, A]; reward, prev_reward, done, valid [B, L+1].
+    window: mu, logvar [B, L+1, D]; action [B, L+1, A]; reward, done, valid [B, L+1].
     z = mu + z_noise·σ·ε is sampled afresh for inputs and targets alike (z_noise = 1: z ~ N(mu, σ²)
-    as in the paper; 0: the encoder means); a `sample_flag` model sees the share `mean_share` of the
-    windows as means and is told which (`training_latents`).
+    as in the paper; 0: the encoder means). -> (loss, dict of its terms)
     """
-    z, sampled = training_latents(model, window, key, z_noise, mean_share)
-    batch = z.shape[0]
-    prev_reward = window["prev_reward"][:, :-1] if model.reward_input else None
-    _, out = model.apply(params, model.initial_carry(batch), z[:, :-1], window["action"][:, :-1], sampled[:, None],
-                         prev_reward)
+    eps = jax.random.normal(key, window["mu"].shape)
+    z = window["mu"] + z_noise * jnp.exp(0.5 * window["logvar"]) * eps  # [B, L+1, D]
+    _, out = model.apply(params, model.initial_carry(z.shape[0]), z[:, :-1], window["action"][:, :-1])
     step_valid = window["valid"][:, :-1]  # [B, L]: the transition from step t exists
     next_valid = window["valid"][:, 1:] & step_valid  # z_{t+1} was observed
     nll = mdn_nll(out["log_pi"], out["mu"], out["log_sigma"], z[:, 1:], mask=next_valid)
@@ -93,34 +74,14 @@ def window_loss(model: MDNRNN, params, window: dict, key, done_pos_weight, rewar
     done = window["done"][:, :-1].astype(jnp.float32)
     bce = optax.sigmoid_binary_cross_entropy(out["done_logit"] + jnp.log(done_pos_weight), done)
     bce = jnp.sum(bce * (1.0 + (done_pos_weight - 1.0) * done) * w) / n
-    terms = dict(nll_per_dim=nll, reward_mse=reward, done_bce=bce)
-    if model.reward_input:
-        terms.update(reward_levels_loss(out, r, w))
-        reward = terms["reward_levels"]
     total = nll + reward_weight * reward + done_weight * bce
-    return total, dict(loss=total, **terms)
+    return total, dict(loss=total, nll_per_dim=nll, reward_mse=reward, done_bce=bce)
 
 
-def reward_levels_loss(out: dict, reward, w) -> dict:
-    """A `reward_input` head's reward terms: BCE of P(r > REWARD_EVENT_ABOVE) plus the squared error
-    of each level on its own steps (each a mean over them). out: head outputs, reward and w [B, L].
-
-    Fit so, `reward` (their expectation) is again the expected reward, and a dream that samples the
-    level pays rewards distributed as the game's: the spikes that the model, reading its last
-    reward, times the next one by."""
-    event = (reward > REWARD_EVENT_ABOVE).astype(jnp.float32)
-    mean_over = lambda x, m: jnp.sum(x * m) / jnp.maximum(jnp.sum(m), 1.0)
-    bce = mean_over(optax.sigmoid_binary_cross_entropy(out["reward_logit"], event), w)
-    low = mean_over(jnp.square(out["reward_low"] - reward), w * (1.0 - event))
-    high = mean_over(jnp.square(out["reward_high"] - reward), w * event)
-    return dict(reward_levels=bce + low + high, reward_event_bce=bce)
-
-
-def unroll_rollouts(model: MDNRNN, params, mu, action, reward, sampled=0.0):
-    """Teacher-forced unroll from a zero carry on mean latents. mu [N, T, D], action [N, T, A],
-    reward [N, T] (r_t, read shifted by a `reward_input` model). sampled: the sample flag to give a
-    `sample_flag` model (0: the truth, these are means)."""
-    _, out = model.apply(params, model.initial_carry(mu.shape[0]), mu, action, sampled, previous_rewards(reward))
+def unroll_rollouts(model: MDNRNN, params, mu, action):
+    """Teacher-forced unroll from a zero carry, as LatentCarRacing-v0's memory runs. mu [N, T, D],
+    action [N, T, A] -> the head's outputs [N, T, ...]."""
+    _, out = model.apply(params, model.initial_carry(mu.shape[0]), mu, action)
     return out
 
 
@@ -144,19 +105,18 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def evaluate(model: MDNRNN, params, data, chunk: int = 16, sampled: float = 0.0) -> dict:
+def evaluate(model: MDNRNN, params, data, chunk: int = 16) -> dict:
     """Held-out metrics on whole rollouts (LatentSet), unrolled from a zero carry like the env.
 
-    Inputs and targets are the encoder means (a `sample_flag` model is told so unless `sampled`
-    says otherwise); persistence predicts mu_{t+1} = mu_t.
+    Inputs and targets are the encoder means; persistence predicts mu_{t+1} = mu_t.
     """
-    run = jax.jit(lambda p, mu, a, r: unroll_rollouts(model, p, mu, a, r, sampled))
+    run = jax.jit(lambda p, mu, a: unroll_rollouts(model, p, mu, a))
     sums = dict(nll=0.0, mse=0.0, persist=0.0, n_next=0)
     rewards, reward_pred, dones, done_logit, usage = [], [], [], [], []
     for lo in range(0, len(data.length), chunk):
         sl = slice(lo, lo + chunk)
         mu, action, length = data.mu[sl], data.action[sl], data.length[sl]
-        out = jax.device_get(run(params, mu, action, data.reward[sl]))
+        out = jax.device_get(run(params, mu, action))
         t = np.arange(mu.shape[1])
         step_valid = t[None, :] < length[:, None]  # [n, T]
         next_valid = t[None, :] < (length[:, None] - 1)

@@ -25,8 +25,7 @@ from typing import Callable
 import gymnasium as gym
 import numpy as np
 
-ACTION_LOW = np.array([-1.0, 0.0, 0.0], np.float32)
-ACTION_HIGH = np.array([1.0, 1.0, 1.0], np.float32)
+from dreamenv.world_model import ACTION_HIGH, ACTION_LOW
 
 
 def to_action(steer: float, gas: float, brake: float) -> np.ndarray:
@@ -271,8 +270,8 @@ class AgentPolicy(Policy):
 
     def __init__(self, path: str, model=None):
         super().__init__()
-        from dreamenv.envs.dream import load_model
         from dreamenv.envs.latent import RealObserver
+        from dreamenv.model import load_model
         from train.evaluate import load_policy  # train.evaluate imports dreamenv's envs
 
         if str(path).endswith(".zip"):
@@ -286,12 +285,10 @@ class AgentPolicy(Policy):
     def reset(self, rng, env):
         self.params = {"agent": self.path, "perturbed_share": float(rng.uniform(0.1, 0.3))}
         self.perturb = SegmentPerturbation(rng, self.params["perturbed_share"])
-        self.last, self.paid = None, 0.0  # the last action; CarRacing-v3's running return when it was taken
+        self.last = None  # the last action
 
     def act(self, obs, env):
-        paid = env.unwrapped.reward  # CarRacing-v3 keeps its running return (every step's reward but −100)
-        seen = self.observer.first(obs) if self.last is None else self.observer.next(self.last, obs, paid - self.paid)
-        self.paid = paid
+        seen = self.observer.first(obs) if self.last is None else self.observer.next(self.last, obs)
         steer, gas, brake = self.agent.act(seen[None])[0]
         self.last = self.perturb(to_action(steer, gas, brake))
         return self.last

@@ -1,19 +1,22 @@
-"""Train the VAE on rollout shards: `python -m train.vae --data data/rollouts --out runs/vae`.
+"""Train the VAE on rollout shards: `python -m train.vae --data data/rollouts --out runs/vae` (`VAEConfig`).
 
 Loss per image, batch-averaged (the paper's): summed squared reconstruction error plus the
 KL to N(0, I), clamped below at kl_tolerance·latent_dim (free bits: 0.5·32 = 16 nats).
 Whole rollouts are held out (`train.split`); the rest stream through a resumable shuffle
-(`FrameStream`). Every --ckpt-every steps the state is checkpointed atomically; rerunning
-the same command resumes and continues exactly as an uninterrupted run. A NaN/inf loss stops
-the run with an error, keeping the last good checkpoint. Every --eval-every steps (and at the
-end) the held-out reconstruction MSE per pixel goes to OUT/metrics.json and a grid of held-out
-frames above their reconstructions to OUT/recon.png. The finished VAE is OUT/vae.msgpack +
-OUT/vae_config.json (`train.vae_run`).
+(`FrameStream`). The loop is `train.loop.fit`: every --ckpt-every steps the state is
+checkpointed atomically; rerunning the same command resumes and continues exactly as an
+uninterrupted run (a checkpoint made with other --latent-dim/--batch-size/--seed/--holdout/
+--kl-tolerance is refused). A NaN/inf loss stops the run with an error, keeping the last good
+checkpoint. Every --eval-every steps (and at the end) the held-out reconstruction MSE per pixel
+goes to OUT/metrics.json and a grid of held-out frames above their reconstructions to
+OUT/recon.png. The run's config is OUT/run_config.json (its "holdout" and "seed" define the
+split later stages reuse); the finished VAE is OUT/vae.msgpack + OUT/vae_config.json
+(`train.vae_run`).
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import functools
 import io
 import json
@@ -31,7 +34,9 @@ from tqdm import tqdm
 from dreamenv.atomic import atomic_write_bytes
 from dreamenv.frames import to_float
 from dreamenv.shards import list_shards, load_shard
-from dreamenv.vae import DECODERS, VAE, init_vae, jit_options
+from dreamenv.vae import VAE, init_vae, jit_options
+from train.config import check_resume, cli, require, require_dir, save_config, to_json
+from train.loop import LoopConfig, Trainer, fit, write_metrics
 from train.split import split_rollouts
 from train.trainstate import TrainCheckpoint
 from train.vae_run import save_vae_run
@@ -39,32 +44,48 @@ from train.vae_run import save_vae_run
 FRAME_BYTES = 64 * 64 * 3
 LOG_EVERY = 10  # steps between loss checks (a host sync) and progress-bar updates
 # Settings a resumed run must share with the checkpoint (shapes, data order, randomness).
-RESUME_KEYS = ("decoder", "latent_dim", "batch_size", "seed", "holdout", "kl_tolerance")
+RESUME_KEYS = ("latent_dim", "batch_size", "seed", "holdout", "kl_tolerance")
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m train.vae", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, default=Path("data/rollouts"), help="rollout shard folder")
-    p.add_argument("--out", type=Path, default=Path("runs/vae"), help="run folder")
-    p.add_argument("--steps", type=int, default=20_000, help="total training steps")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-    p.add_argument("--decoder", choices=DECODERS, default="paper")
-    p.add_argument("--latent-dim", type=int, default=32)
-    p.add_argument("--kl-tolerance", type=float, default=0.5, help="free bits per latent dim")
-    p.add_argument("--holdout", type=float, default=0.1, help="fraction of rollouts held out")
-    p.add_argument("--eval-every", type=int, default=2000)
-    p.add_argument("--eval-frames", type=int, default=1024, help="held-out frames evaluated")
-    p.add_argument("--ckpt-every", type=int, default=500)
-    p.add_argument("--memory-gb", type=float, default=4.0,
-                   help="frames kept in RAM; less than the data set means shuffling a group of shards at a time")
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    for name in ("steps", "batch_size", "eval_every", "eval_frames", "ckpt_every", "latent_dim"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    return args
+@dataclasses.dataclass(frozen=True)
+class VAEConfig:
+    """Train (or resume) the VAE on rollout shards, holding out whole rollouts."""
+
+    data: Path = Path("data/rollouts")
+    """rollout shard folder (train.collect --out)"""
+    out: Path = Path("runs/vae")
+    """run folder: checkpoints, run_config.json, metrics.json, recon.png, vae.msgpack"""
+    steps: int = 20_000
+    """total training steps"""
+    batch_size: int = 64
+    """frames per step"""
+    lr: float = 1e-3
+    """Adam learning rate"""
+    latent_dim: int = 32
+    """size of the latent z"""
+    kl_tolerance: float = 0.5
+    """free bits per latent dim"""
+    holdout: float = 0.1
+    """fraction of rollouts held out (later stages reuse this split)"""
+    eval_every: int = 2000
+    """steps between held-out evaluations"""
+    eval_frames: int = 1024
+    """held-out frames evaluated"""
+    ckpt_every: int = 500
+    """steps between checkpoints"""
+    memory_gb: float = 4.0
+    """frames kept in RAM; less than the data set means shuffling a group of shards at a time"""
+    seed: int = 0
+    """seed of the init, the noise, the data order and the held-out split"""
+
+    def __post_init__(self):
+        pos = ">= 1"
+        require(self, steps=(self.steps >= 1, pos), batch_size=(self.batch_size >= 1, pos),
+                lr=(self.lr > 0, "> 0"), latent_dim=(self.latent_dim >= 1, pos),
+                kl_tolerance=(self.kl_tolerance >= 0, ">= 0"), holdout=(0 < self.holdout < 1, "in (0, 1)"),
+                eval_every=(self.eval_every >= 1, pos), eval_frames=(self.eval_frames >= 1, pos),
+                ckpt_every=(self.ckpt_every >= 1, pos), memory_gb=(self.memory_gb > 0, "> 0"),
+                seed=(self.seed >= 0, ">= 0"))
 
 
 class FrameStream:
@@ -199,116 +220,98 @@ def recon_png(frames: np.ndarray, *recons: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def mean_terms(pending: list[dict], step: int, ckpt: TrainCheckpoint) -> dict:
-    """Mean of the steps' loss terms (a host sync); raises FloatingPointError on a NaN/inf loss.
+class VAETrainer(Trainer):
+    """One VAE run for `train.loop.fit`: params, Adam state, the (fixed) key and the frame stream.
 
-    pending: the terms of steps step - len(pending) + 1 .. step.
+    Step s's noise is fold_in(key, s) and its batch the stream's next, so a run restored from a
+    checkpoint (stream position included) continues as an uninterrupted one would.
     """
-    losses = [float(t["loss"]) for t in pending]
-    bad = [i for i, loss in enumerate(losses) if not np.isfinite(loss)]
-    if bad:
-        good = ckpt.steps()
-        raise FloatingPointError(
-            f"train/vae.py: VAE loss became {losses[bad[0]]} at step {step - len(pending) + bad[0] + 1}; "
-            f"stopped. The last good checkpoint ({'step ' + str(good[-1]) if good else 'none'}) in "
-            f"{ckpt.folder} is kept: lower --lr and rerun to resume from it")
-    return {k: float(np.mean([float(t[k]) for t in pending])) for k in pending[-1]}
+
+    def __init__(self, config: VAEConfig, model: VAE, params, key, train_paths: list[Path], held: np.ndarray,
+                 group_shards: int):
+        self.config, self.model, self.train_paths, self.held = config, model, train_paths, held
+        self.params, self.opt_state = params, optax.adam(config.lr).init(params)
+        self.key, self.step = key, 0
+        self.stream = FrameStream(train_paths, config.batch_size, config.seed, group_shards)
+        self._train_step = make_train_step(model, config.lr, config.kl_tolerance)
+        self._evaluate = make_evaluate(model)
+        self._timer: tuple[float, int] | None = None  # (time, step) where images_per_second counts from
+
+    def state(self) -> dict:
+        return {"params": self.params, "opt_state": self.opt_state, "step": self.step,
+                "key": jax.random.key_data(self.key),
+                "data": {**self.stream.state_dict(), "group_shards": self.stream.group_shards}}
+
+    def load(self, state: dict) -> None:
+        self.params, self.opt_state = jax.device_put((state["params"], state["opt_state"]))
+        self.key, self.step = jax.random.wrap_key_data(jnp.asarray(state["key"])), int(state["step"])
+        self.stream = FrameStream(self.train_paths, self.config.batch_size, self.config.seed,
+                                  int(state["data"]["group_shards"]))
+        self.stream.load_state_dict(state["data"])
+
+    def update(self, step: int) -> dict:
+        if self._timer is None:
+            self._timer = (time.perf_counter(), step)
+        frames = to_float(self.stream.next_batch())
+        self.params, self.opt_state, terms = self._train_step(self.params, self.opt_state, self.key, step, frames)
+        self.step = step + 1
+        return terms
+
+    def heldout(self) -> float:
+        """Held-out MSE per pixel; writes OUT/recon.png."""
+        mse, png = self._evaluate(self.params, self.held)
+        atomic_write_bytes(self.config.out / "recon.png", png)
+        return mse
+
+    def evaluate(self, step: int) -> dict:
+        # fit has read this step's loss (a host sync), so the updates so far are done
+        started, first = self._timer or (time.perf_counter(), step)
+        speed = (step - first) * self.config.batch_size / max(time.perf_counter() - started, 1e-9)
+        record = {"heldout_mse_per_pixel": self.heldout(), "images_per_second": speed}
+        self._timer = (time.perf_counter(), step)
+        return record
 
 
-def write_eval(out: Path, info: dict, history: list, png: bytes) -> None:
-    """OUT/metrics.json (info + history) and OUT/recon.png, each atomically."""
-    atomic_write_bytes(out / "metrics.json", json.dumps({**info, "history": history}, indent=1).encode())
-    atomic_write_bytes(out / "recon.png", png)
+def record_config(config: VAEConfig) -> None:
+    """Refuse to resume a checkpoint in config.out made with different RESUME_KEYS; then record
+    the run's config in OUT/run_config.json."""
+    path = config.out / "run_config.json"
+    if TrainCheckpoint(config.out / "checkpoint").steps():
+        check_resume(config, RESUME_KEYS, path)
+    config.out.mkdir(parents=True, exist_ok=True)
+    save_config(path, config)
 
 
-def check_resume(out: Path, args: argparse.Namespace, resuming: bool) -> None:
-    """Record the run's settings; refuse to resume a checkpoint made with different ones."""
-    path = out / "run_config.json"
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    if resuming and path.is_file():
-        old = json.loads(path.read_text())
-        changed = [k for k in RESUME_KEYS if old.get(k) != config[k]]
-        if changed:
-            raise SystemExit(
-                f"train/vae.py: {out} holds a checkpoint made with different settings "
-                + ", ".join(f"--{k.replace('_', '-')} {old.get(k)} (now {config[k]})" for k in changed)
-                + "; rerun with those, or use another --out"
-            )
-    atomic_write_bytes(path, json.dumps(config, indent=1, sort_keys=True).encode())
-
-
-def train(args: argparse.Namespace) -> dict:
-    """Train (or resume) the run in args.out; returns the last metrics record."""
-    paths = list_shards(args.data)
-    train_paths, held_paths = split_rollouts(paths, args.holdout, args.seed)
+def run(config: VAEConfig) -> dict:
+    """Train (or resume) the run in config.out and write the finished VAE. -> the last metrics record."""
+    require_dir(config, data=config.data)
+    paths = list_shards(config.data)
+    train_paths, held_paths = split_rollouts(paths, config.holdout, config.seed)
     if not train_paths or not held_paths:
-        raise SystemExit(f"train/vae.py: {args.data} has {len(paths)} shards; need at least 2 "
+        raise SystemExit(f"train/vae.py: {config.data} has {len(paths)} shards; need at least 2 "
                          f"(one to train on, one held out); run `python -m train.collect`")
-    model = VAE(latent_dim=args.latent_dim, decoder=args.decoder)
-    k_init, key = jax.random.split(jax.random.key(args.seed))
+    record_config(config)
+    model = VAE(latent_dim=config.latent_dim)
+    k_init, key = jax.random.split(jax.random.key(config.seed))
     params = init_vae(model, k_init)
     shard_frames = len(load_shard(train_paths[0])["obs"])  # to size the groups in RAM
-    group = int(args.memory_gb * 2**30 // (shard_frames * FRAME_BYTES))
-    state = {"params": params, "opt_state": optax.adam(args.lr).init(params), "step": 0,
-             "key": jax.random.key_data(key), "data": {"epoch": 0, "group": 0, "offset": 0, "group_shards": group}}
-    ckpt = TrainCheckpoint(args.out / "checkpoint")
-    check_resume(args.out, args, resuming=bool(ckpt.steps()))
-    state = ckpt.restore(state) or state
-    step = int(state["step"])
-
-    stream = FrameStream(train_paths, args.batch_size, args.seed, int(state["data"]["group_shards"]))
-    stream.load_state_dict(state["data"])
-    held = heldout_frames(held_paths, args.eval_frames)
-    train_step = make_train_step(model, args.lr, args.kl_tolerance)
-    evaluate = make_evaluate(model)
-    params, opt_state = jax.device_put((state["params"], state["opt_state"]))
-    key = jax.random.wrap_key_data(jnp.asarray(state["key"]))
-
-    metrics_path = args.out / "metrics.json"
-    history = json.loads(metrics_path.read_text())["history"] if metrics_path.is_file() and step else []
-    history = [h for h in history if h["step"] <= step]
+    group = int(config.memory_gb * 2**30 // (shard_frames * FRAME_BYTES))
+    held = heldout_frames(held_paths, config.eval_frames)
+    trainer = VAETrainer(config, model, params, key, train_paths, held, group)
     info = {"train_rollouts": len(train_paths), "heldout_rollouts": len(held_paths),
-            "heldout_frames": len(held), "args": {k: str(v) for k, v in vars(args).items()}}
-    bar = tqdm(total=args.steps, initial=step, desc="vae", dynamic_ncols=True)
-    pending, terms, timed, t0 = [], {}, 0, time.perf_counter()
-    while step < args.steps:
-        frames = to_float(stream.next_batch())
-        params, opt_state, step_terms = train_step(params, opt_state, key, step, frames)
-        pending.append(step_terms)
-        step += 1
-        bar.update(1)
-        last = step == args.steps
-        save, run_eval = step % args.ckpt_every == 0 or last, step % args.eval_every == 0 or last
-        if step % LOG_EVERY == 0 or save or run_eval:
-            terms = mean_terms(pending, step, ckpt)
-            timed, pending = timed + len(pending), []
-            bar.set_postfix({k: f"{v:.2f}" for k, v in terms.items()})
-        if save:
-            if not all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree_util.tree_leaves(params)):
-                raise FloatingPointError(f"train/vae.py: VAE params became non-finite by step {step}; "
-                                         f"the last good checkpoint in {ckpt.folder} is kept")
-            ckpt.save({"params": params, "opt_state": opt_state, "step": step,
-                       "key": jax.random.key_data(key),
-                       "data": {**stream.state_dict(), "group_shards": stream.group_shards}})
-        if run_eval:
-            seconds = time.perf_counter() - t0
-            mse, png = evaluate(params, held)
-            history.append({"step": step, "heldout_mse_per_pixel": mse, "train": terms,
-                            "images_per_second": timed * args.batch_size / seconds})
-            write_eval(args.out, info, history, png)
-            tqdm.write(f"step {step}: held-out MSE/pixel {mse:.5f}, train loss {terms['loss']:.2f}")
-            timed, t0 = 0, time.perf_counter()
-    bar.close()
-    if not history or history[-1]["step"] != step:  # rerun of a finished run: refresh outputs
-        mse, png = evaluate(params, held)
-        history.append({"step": step, "heldout_mse_per_pixel": mse})
-        write_eval(args.out, info, history, png)
-    save_vae_run(args.out, model, params)
+            "heldout_frames": len(held), "config": to_json(config)}
+    loop = LoopConfig(steps=config.steps, ckpt_every=config.ckpt_every, eval_every=config.eval_every,
+                      log_every=LOG_EVERY)
+    history = fit(trainer, config.out, loop, name="vae", info=info)
+    if not history or history[-1]["step"] != trainer.step:  # rerun of a finished run: refresh outputs
+        history.append({"step": trainer.step, "heldout_mse_per_pixel": trainer.heldout()})
+        write_metrics(config.out, info, history)
+    save_vae_run(config.out, model, trainer.params)
     return history[-1]
 
 
 def main(argv=None) -> int:
-    final = train(parse_args(argv))
+    final = run(cli(VAEConfig, argv, prog="python -m train.vae"))
     print(json.dumps(final, indent=1))
     return 0
 

@@ -23,10 +23,7 @@ dreamenv). dreamenv leaves that process-wide choice to you.
 
 from __future__ import annotations
 
-import math
-import os
 from functools import partial
-from pathlib import Path
 
 import gymnasium as gym
 import jax
@@ -34,92 +31,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from dreamenv import world_model as wm
-from dreamenv.checkpoint import Bundle, BundleError, load_bundle
+from dreamenv.envs.spaces import action_space, check_action, check_temperature, observation_space
+from dreamenv.model import load_model
 
-DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "assets" / "default"
 RENDER_FPS = 50  # CarRacing-v3's
-
-
-def _jax_started() -> bool:
-    from jax._src import xla_bridge  # no public API tells whether JAX's runtime has started
-
-    return getattr(xla_bridge, "backends_are_initialized", lambda: False)()
-
-
-_FORKED_FROM_JAX = False
-
-
-def _note_fork():
-    global _FORKED_FROM_JAX
-    _FORKED_FROM_JAX = _jax_started()
-
-
-os.register_at_fork(after_in_child=_note_fork)
-
-
-def load_model(model) -> wm.WorldModel:
-    """A bundle folder path, a `Bundle`, a `WorldModel`, or None (the shipped bundle) -> WorldModel."""
-    if _FORKED_FROM_JAX:  # JAX's threads did not survive the fork: using it here would deadlock
-        raise RuntimeError(
-            "this process was fork()ed from one that had already started JAX, so JAX would deadlock "
-            "here; start env subprocesses with 'spawn' or 'forkserver': gym.make_vec(..., "
-            "vectorization_mode='async', vector_kwargs={'context': 'spawn'}) or "
-            "SubprocVecEnv(..., start_method='forkserver')"
-        )
-    if model is None:
-        if not DEFAULT_MODEL.is_dir():
-            raise BundleError(
-                f"no shipped model bundle at {DEFAULT_MODEL} yet: build one with "
-                f"`python -m train.pipeline` and pass model=PATH_TO_BUNDLE (or a Bundle)"
-            )
-        model = DEFAULT_MODEL
-    if isinstance(model, (str, Path)):
-        model = load_bundle(model)
-    if isinstance(model, Bundle):
-        model = wm.WorldModel.from_bundle(model)
-    if not isinstance(model, wm.WorldModel):
-        raise TypeError(
-            f"model is a {type(model).__name__}, expected a bundle folder path, a Bundle or a WorldModel"
-        )
-    return model
-
-
-def action_space() -> gym.spaces.Box:
-    """CarRacing-v3's action space: steer [-1, 1], gas [0, 1], brake [0, 1]."""
-    return gym.spaces.Box(wm.ACTION_LOW, wm.ACTION_HIGH, dtype=np.float32)
-
-
-def observation_space(model: wm.WorldModel, obs: str) -> gym.spaces.Box:
-    """The space of observation mode `obs`; the dream and the latent env share it."""
-    d, h = model.latent_dim, model.hidden_size
-    if obs == "z":
-        return gym.spaces.Box(-wm.LATENT_BOUND, wm.LATENT_BOUND, (d,), np.float32)
-    if obs == "zh":  # h = o ⊙ tanh(c) lies in [-1, 1]
-        high = np.concatenate([np.full(d, wm.LATENT_BOUND), np.ones(h)]).astype(np.float32)
-        return gym.spaces.Box(-high, high, dtype=np.float32)
-    if obs == "pixels":
-        size = model.frames.size
-        return gym.spaces.Box(0, 255, (size, size, 3), np.uint8)
-    raise ValueError(f"obs={obs!r} is unknown, expected one of {wm.OBS_MODES}")
-
-
-def check_action(action, shape: tuple) -> np.ndarray:
-    """-> action as float32 of `shape`; raises ValueError for a wrong shape or NaN/inf (no clipping)."""
-    a = np.asarray(action)
-    if a.shape != shape:
-        raise ValueError(
-            f"action has shape {a.shape}, expected {shape} (steer in [-1, 1], gas and brake in [0, 1])"
-        )
-    if a.dtype.kind not in "biuf" or not np.isfinite(a).all():
-        raise ValueError(f"action {a.tolist()} is not all finite numbers; expected {shape} finite floats")
-    return a.astype(np.float32, copy=False)
-
-
-def check_temperature(temperature) -> float:
-    number = isinstance(temperature, (int, float, np.number))
-    if not (number and math.isfinite(temperature) and temperature >= 0):
-        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
-    return float(temperature)
 
 
 def key_chains(generators) -> jax.Array:

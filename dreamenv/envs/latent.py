@@ -3,9 +3,8 @@
     env = gym.make("LatentCarRacing-v0", obs="zh", model="runs/bundle", domain_randomize=True)
 
 Each real frame goes through `dreamenv.frames.preprocess` and the VAE encoder (its mean); for
-"zh" the MDN-RNN carry advances on (z_t, a_t) with the action actually taken (and the real r_{t-1}
-for a model that reads rewards), exactly as in the
-dream (`world_model.memory_step`, with the dream's sample flag), so h means the same in both and the observation spaces are
+"zh" the MDN-RNN carry advances on (z_t, a_t) with the action actually taken, exactly as in the
+dream (`world_model.memory_step`), so h means the same in both and the observation spaces are
 DreamCarRacing-v0's: an agent trained in one runs unchanged in the other. "pixels" is the
 preprocessed real frame. Reward, terminated and truncated are the real env's; CarRacing-v3's
 kwargs (domain_randomize, lap_complete_percent, ...) pass through. Actions are checked and
@@ -26,23 +25,24 @@ import numpy as np
 from gymnasium.envs.box2d.car_racing import CarRacing
 
 from dreamenv import world_model as wm
-from dreamenv.envs.dream import action_space, check_action, load_model, observation_space
+from dreamenv.envs.spaces import action_space, check_action, observation_space
 from dreamenv.frames import preprocess
+from dreamenv.model import load_model
 from dreamenv.vae import CPU_OPTIONS
 
 OPTIONS = {**wm.SEQUENTIAL_CPU, **CPU_OPTIONS}  # one frame's encoder and memory step: one thread, no YNNPACK convs
 
 
 @partial(jax.jit, static_argnames="obs", compiler_options=OPTIONS)
-def _observe_real(model, carry, z, action, prev_reward, frame, obs):
-    """Encode the new real frame [64, 64, 3] uint8; for "zh" advance the carry on (z_t, a_t, r_{t-1}).
+def _observe_real(model, carry, z, action, frame, obs):
+    """Encode the new real frame [64, 64, 3] uint8; for "zh" advance the carry on (z_t, a_t).
 
     -> (carry', z_{t+1} [1, D], obs)
     """
     z_next = wm.encode(model, frame[None])
     if obs == "z":
         return carry, z_next, z_next[0]
-    carry, head = wm.memory_step(model, carry, z, action[None], 1.0, prev_reward[None])  # as the dream runs it
+    carry, head = wm.memory_step(model, carry, z, action[None])  # as the dream runs it
     return carry, z_next, wm.observe(model, z_next, head["h"], obs)[0]
 
 
@@ -57,16 +57,14 @@ def _observe_first(model, frame, obs):
 class RealObserver:
     """Raw CarRacing-v3 frames -> the dream's observations, for one episode at a time.
 
-    `first(raw)` starts an episode (z_0, a zero carry); `next(action, raw, reward)` takes the action
-    just applied, the frame it led to and the reward it paid (read at the next step by a model
-    that reads rewards, as the dream reads its own). Shared by LatentCarRacing-v0 and anything else that
-    runs a dream-trained agent on the real game (e.g. collecting rollouts with it).
+    `first(raw)` starts an episode (z_0, a zero carry); `next(action, raw)` takes the action just
+    applied and the frame it led to. Shared by LatentCarRacing-v0 and anything else that runs a
+    dream-trained agent on the real game (e.g. collecting rollouts with it).
     """
 
     def __init__(self, model: wm.WorldModel, obs: str):
-        self.model, self.obs = model.on_samples(), obs  # read as samples
+        self.model, self.obs = model, obs
         self._carry = self._z = None  # "pixels" needs neither
-        self._reward = np.float32(0.0)  # r_{t-1}: none before the first step
 
     def first(self, raw: np.ndarray) -> np.ndarray:
         """raw uint8 [96, 96, 3] -> obs"""
@@ -74,17 +72,14 @@ class RealObserver:
         if self.obs == "pixels":
             return frame
         self._carry, self._z, obs = _observe_first(self.model, frame, obs=self.obs)
-        self._reward = np.float32(0.0)
         return np.array(obs)
 
-    def next(self, action: np.ndarray, raw: np.ndarray, reward: float) -> np.ndarray:
-        """action float32 [3] (taken), raw uint8 [96, 96, 3] (the frame after it), reward (paid for it) -> obs"""
+    def next(self, action: np.ndarray, raw: np.ndarray) -> np.ndarray:
+        """action float32 [3] (taken), raw uint8 [96, 96, 3] (the frame after it) -> obs"""
         frame = preprocess(raw, self.model.frames)
         if self.obs == "pixels":
             return frame
-        self._carry, self._z, obs = _observe_real(self.model, self._carry, self._z, action, self._reward, frame,
-                                                  obs=self.obs)
-        self._reward = np.float32(reward)
+        self._carry, self._z, obs = _observe_real(self.model, self._carry, self._z, action, frame, obs=self.obs)
         return np.array(obs)
 
 
@@ -123,7 +118,7 @@ class LatentCarRacing(gym.Env):
             raise gym.error.ResetNeeded("LatentCarRacing: call reset() before step()")
         action = np.clip(check_action(action, (3,)), wm.ACTION_LOW, wm.ACTION_HIGH)
         raw, reward, terminated, truncated, info = self.car.step(action)
-        return self.observer.next(action, raw, reward), float(reward), terminated, truncated, info
+        return self.observer.next(action, raw), float(reward), terminated, truncated, info
 
     def render(self):
         return self.car.render()

@@ -16,7 +16,6 @@ Autoreset (Gymnasium 1.x, `autoreset_mode=`):
 
 from __future__ import annotations
 
-from functools import partial
 
 import gymnasium as gym
 import jax
@@ -26,18 +25,9 @@ from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
 
 from dreamenv import world_model as wm
-from dreamenv.envs.dream import (
-    RENDER_FPS,
-    Screen,
-    action_space,
-    check_action,
-    check_temperature,
-    key_chains,
-    load_model,
-    observation_space,
-    reset_envs,
-    split_chains,
-)
+from dreamenv.envs.dream import RENDER_FPS, Screen, key_chains, reset_envs, split_chains
+from dreamenv.envs.spaces import action_space, check_action, check_temperature, observation_space
+from dreamenv.model import load_model
 
 
 def _select(mask, new, old):
