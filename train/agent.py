@@ -17,12 +17,9 @@ n_steps 256 × 64 envs = 16384 transitions per update, minibatch 4096, 10 epochs
 try braking and full throttle, narrow enough to drive), separate 64-64 tanh MLPs for π and V.
 SAC: replay 100k, minibatch 256, one gradient step per 8 transitions, 256-256 MLPs; its replay
 buffer is not saved (hundreds of MB), so a resumed SAC run refills it.
-Training length: on the base model (before iterative training) the real score peaked early and then
-fell while the dream return kept climbing past what the real game can pay (the agent learns the
-dream's flaws): 262k steps (69 s) -> real 384 ± 89 over 100 episodes, dream 306; 3M steps -> real
-157 ± 144, dream 1289. Hence the default of 262,144 steps; watch real_mean in progress.csv. The
-outcome varies a lot with --seed (in the shipped model's dream, seeds 0 / 1 / 2: real 669 / 184 / 412
-over 100 / 30 / 30 episodes).
+Training length: agents trained much longer learn the dream's flaws (their dream return climbs past
+what the game pays while the real score falls; docs/RESULTS.md), hence the default of 262,144
+steps; watch real_mean in progress.csv. The outcome varies a lot with --seed.
 Torch runs on --torch-threads threads (1: on 2 cores, XLA's dream and torch share the machine).
 
 From Python: `run(config)` in this process (which must have imported train.agent before JAX
