@@ -63,7 +63,7 @@ def test_history_has_one_record_per_generation_and_the_best_mean(trained):
 
 def test_saved_controller_replays_its_real_score(trained):
     config, results = trained
-    assert evaluate_real(config.out / "controller.npz", config.model, 2, config.seed, 0, 20) == \
+    assert evaluate_real(config.out / "controller.npz", config.model, 2, config.real_seed, 0, 20) == \
         results["real"]["returns"]
 
 

@@ -89,6 +89,8 @@ class ControllerConfig:
     video: bool = True
     """record one real episode of the best controller to OUT/video.gif"""
     seed: int = 0
+    real_seed: int = 100_000
+    """the final real score's episode i is reset with real_seed + i: tracks no training or tuning used"""
 
     def __post_init__(self):
         pos = ">= 1"
@@ -228,7 +230,7 @@ def run(config: ControllerConfig) -> dict:
         if done["generations"] == trained["generation"]:
             return done
     agent = config.out / "controller.npz"
-    real = evaluate_real(agent, config.model, config.final_episodes, config.seed, config.workers, config.max_steps)
+    real = evaluate_real(agent, config.model, config.final_episodes, config.real_seed, config.workers, config.max_steps)
     dream = evaluate_dream(agent, config.model, config.final_episodes, config.seed, config.temperature, config.steps)
 
     results = {
