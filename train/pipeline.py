@@ -45,7 +45,8 @@ from train.provenance import git_state
 
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:
-    """Collect real data, train the VAE and the MDN-RNN, iterate with agents, train the final agent."""
+    """Collect real data, train the VAE and the MDN-RNN, iterate with agents, train the final agent.
+    The defaults are FULL's; --quick starts from QUICK, a smoke run (other flags still override)."""
 
     out: Path = Path("runs/pipeline")
     """run folder"""
