@@ -14,9 +14,10 @@ loops. So the paper's layers are computed as exactly equal stride-1 convolutions
 tensors (`conv_stride2`, `conv_transpose_stride2`): same function, same parameters (flax's
 `Conv` / `ConvTranspose` kernel layout and initialization), ~6× faster to train on CPU.
 `jit_options()` holds the XLA CPU setting that makes those stride-1 convolutions fast too.
-Inference without gradients (`encode(..., direct=True)`) runs XLA's own strided convolution
-instead: the same function, ~2× faster for one frame (batch-1 encoder 789 -> 413 µs here).
-`benchmarks/vae_speed.py` measures it against PyTorch.
+Inference without gradients (`encode(..., direct=True)`, what the envs run) uses XLA's own strided
+convolution instead: the same function, ~2× faster for one frame (batch-1 encoder 789 -> 413 µs
+here). The stride-1 form and `__call__` serve training (train/vae.py); `benchmarks/vae_speed.py`
+measures it against PyTorch.
 """
 
 from __future__ import annotations
