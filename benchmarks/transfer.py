@@ -1,10 +1,11 @@
 """Dream-to-real transfer of one agent: its return in the dream at several τ and on the real game.
 
 `python -m benchmarks.transfer --agent runs/agent/agent.zip [--model BUNDLE] [--temperatures 0.75 1.0
-1.15 1.3] [--real-episodes N] [--dream-episodes N]` scores the agent (an SB3 .zip or a controller
-.npz, see train/evaluate.py) on N dream episodes at each τ and once on N real CarRacing-v3
-episodes (the real game has no τ), and reports mean ± std and the gap (dream − real) as a table
-like the World Models paper's Doom table. Prints it and writes JSON (default
+1.15 1.3] [--real-episodes N] [--dream-episodes N] [--backend ray [--address ADDR]]` scores the
+agent (an SB3 .zip or a controller .npz, see train/evaluate.py) on N dream episodes at each τ and
+once on N real CarRacing-v3 episodes (the real game has no τ; --backend ray runs them as Ray
+tasks, with the same scores), and reports mean ± std and the gap (dream − real) as a table like
+the World Models paper's Doom table. Prints it and writes JSON (default
 benchmarks/out/transfer.json). `--smoke`: 1 real and 4 dream episodes of 50 steps, for tests.
 """
 
@@ -37,12 +38,13 @@ def table(rows: list[dict], real_episodes: int, dream_episodes: int) -> str:
 
 
 def transfer(agent, model=None, temperatures=TEMPERATURES, real_episodes: int = 20, dream_episodes: int = 256,
-             seed: int = 0, workers: int = 2, max_steps: int | None = None) -> dict:
+             seed: int = 0, workers: int = 2, max_steps: int | None = None, backend: str = "pool",
+             address: str | None = None) -> dict:
     """-> {"rows": [{temperature, dream_mean, dream_std, real_mean, real_std, gap}], "markdown", "real", ...}"""
     temperatures = [check_temperature(t) for t in temperatures]
     if not temperatures:
         raise ValueError("temperatures is empty; give at least one τ")
-    real = summary(evaluate_real(agent, model, real_episodes, seed, workers, max_steps))
+    real = summary(evaluate_real(agent, model, real_episodes, seed, workers, max_steps, backend, address))
     world = load_model(model)
     rows = []
     for t in temperatures:
@@ -64,13 +66,16 @@ def main(argv=None) -> dict:
     p.add_argument("--dream-episodes", type=int, default=256)
     p.add_argument("--max-steps", type=int, default=None, help="episode length (default 1000)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=2, help="real-episode subprocesses")
+    p.add_argument("--workers", type=int, default=2, help="real-episode subprocesses (ray: tasks in flight, 0: all CPUs)")
+    p.add_argument("--backend", choices=("pool", "ray"), default="pool", help="real episodes in local processes or Ray tasks")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray instance)")
     p.add_argument("--smoke", action="store_true", help=f"tiny run for tests: {SMOKE}")
     p.add_argument("--out", type=Path, default=Path("benchmarks/out/transfer.json"))
     args = p.parse_args(argv)
     budget = SMOKE if args.smoke else dict(real_episodes=args.real_episodes, dream_episodes=args.dream_episodes,
                                            max_steps=args.max_steps)
-    result = transfer(args.agent, args.model, args.temperatures, seed=args.seed, workers=args.workers, **budget)
+    result = transfer(args.agent, args.model, args.temperatures, seed=args.seed, workers=args.workers,
+                      backend=args.backend, address=args.address, **budget)
     return emit(result, args.out)
 
 

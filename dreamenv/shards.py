@@ -17,6 +17,7 @@ training code and the benchmarks do.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import zipfile
@@ -81,12 +82,24 @@ def validate_episode(data: dict, where: str) -> int:
     return steps
 
 
-def write_shard(path: str | os.PathLike, episode: dict, meta: dict) -> None:
-    """Validate `episode` (the FIELDS arrays) and write it with JSON `meta`, atomically."""
-    validate_episode(episode, str(path))
+def encode_shard(episode: dict, meta: dict, where: str = "shard") -> bytes:
+    """Validate `episode` (the FIELDS arrays) -> the bytes of its shard file, with JSON `meta`."""
+    validate_episode(episode, where)
     arrays = {key: episode[key] for key in FIELDS}
     arrays["meta"] = np.array(json.dumps(meta))
-    atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return buf.getvalue()
+
+
+def write_shard(path: str | os.PathLike, episode: dict, meta: dict) -> None:
+    """Validate `episode` (the FIELDS arrays) and write it with JSON `meta`, atomically."""
+    write_shard_bytes(path, encode_shard(episode, meta, str(path)))
+
+
+def write_shard_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write a shard file's bytes (`encode_shard`) atomically."""
+    atomic_write(path, lambda f: f.write(data))
 
 
 def load_shard(path: str | os.PathLike) -> dict:

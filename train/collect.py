@@ -9,6 +9,11 @@ from them). A shard collected with another policy, seed, --max-steps or --model 
 overwritten: its episode fails. A failed episode, or a worker process that dies, is reported
 with its episode and error; the others finish, `run` returns them in `CollectResult.failures`
 and the command exits 1.
+
+--backend ray [--address ADDR] runs the episodes as Ray tasks on a cluster (or a local Ray
+instance) instead: the same shards, manifest, seeds and resume rules (train/ray_backend.py; needs
+`pip install -e ".[ray]"`). The manifest is rewritten at most every MANIFEST_EVERY_S seconds and
+when the run ends (a rewrite per episode is quadratic in the folder's size).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import traceback
 from collections import deque
 from multiprocessing.connection import wait
 from pathlib import Path
+from typing import Literal
 
 import gymnasium as gym
 import numpy as np
@@ -63,6 +69,13 @@ class CollectConfig:
     """bundle an agent --policy reads through (None: the shipped one)"""
     max_steps: int = 1000
     """steps per episode before truncation"""
+    backend: Literal["pool", "ray"] = "pool"
+    """pool: worker processes on this machine; ray: Ray tasks on a cluster (pip install -e ".[ray]"),
+    --workers then caps the tasks in flight (None: one per cluster CPU)"""
+    address: str | None = None
+    """Ray cluster address, e.g. ray://head:10001 or auto (None: start a local Ray instance)"""
+    max_retries: int = 2
+    """Ray: reruns of an episode whose worker dies before the episode is reported failed"""
 
     def __post_init__(self):
         known = (f"one of {', '.join(POLICIES)}, an agent file ({' / '.join(AGENT_SUFFIXES)}) "
@@ -70,6 +83,8 @@ class CollectConfig:
         require(self, episodes=(self.episodes >= 1, ">= 1"), first_episode=(self.first_episode >= 0, ">= 0"),
                 workers=(self.workers is None or self.workers >= 1, "None (all cores) or >= 1"),
                 max_steps=(self.max_steps >= 1, ">= 1"),
+                address=(self.address is None or self.backend == "ray", "None unless --backend ray"),
+                max_retries=(self.max_retries >= 0, ">= 0"),
                 policy=(self.policy in POLICIES or ":" in self.policy or self.is_agent, known),
                 model=(self.model is None or self.is_agent,
                        "None unless --policy is an agent file (it is the world model an agent reads through)"))
@@ -157,12 +172,8 @@ def _at_last_step(steps: int, flag: bool) -> np.ndarray:
     return flags
 
 
-def collect_episode(env: gym.Env, policy: Policy, config: CollectConfig, episode: int) -> tuple[dict, bool]:
-    """Collect and save episode `episode` unless a valid matching shard exists -> (meta, skipped)."""
-    path = config.out / shard_name(episode)
-    existing = _finished_meta(path, config.expected_meta(episode))
-    if existing is not None:
-        return existing, True
+def episode_shard(env: gym.Env, policy: Policy, config: CollectConfig, episode: int) -> tuple[dict, dict]:
+    """Run episode `episode` of the run `config` -> (shard arrays, meta): what its shard holds."""
     env_seed, policy_seed = episode_seeds(config.seed, episode)
     arrays, stats = rollout(env, policy, env_seed, policy_seed)
     meta = {
@@ -172,11 +183,21 @@ def collect_episode(env: gym.Env, policy: Policy, config: CollectConfig, episode
         "params": policy.params,
         **stats,
     }
+    return arrays, meta
+
+
+def collect_episode(env: gym.Env, policy: Policy, config: CollectConfig, episode: int) -> tuple[dict, bool]:
+    """Collect and save episode `episode` unless a valid matching shard exists -> (meta, skipped)."""
+    path = config.out / shard_name(episode)
+    existing = finished_meta(path, config.expected_meta(episode))
+    if existing is not None:
+        return existing, True
+    arrays, meta = episode_shard(env, policy, config, episode)
     write_shard(path, arrays, meta)
     return meta, False
 
 
-def _finished_meta(path: Path, expected: dict) -> dict | None:
+def finished_meta(path: Path, expected: dict) -> dict | None:
     """The meta of a valid shard at path, None when it must be (re)done; raises on a mismatch."""
     if not path.exists():
         return None
@@ -321,16 +342,38 @@ def check_inputs(config: CollectConfig) -> None:
     require_dir(config, model=config.model)
 
 
+MANIFEST_EVERY_S = 2.0  # seconds between manifest rewrites during a run (and one at its end)
+
+
+def load_backend(config: CollectConfig):
+    """train.ray_backend for --backend ray (ImportError with the install hint when Ray is missing),
+    None for the process pool."""
+    if config.backend != "ray":
+        return None
+    from train import ray_backend
+
+    ray_backend.import_ray()
+    return ray_backend
+
+
 def run(config: CollectConfig, *, progress: bool = True) -> CollectResult:
     """Collect episodes first_episode..next_episode-1 into config.out (skipping finished shards);
     keeps manifest.json up to date. Failed episodes are in the result's `failures`, not raised."""
+    backend = load_backend(config)  # before any work: a missing Ray says how to install it
     check_inputs(config)
     make_policy(config.policy, config.model)  # fail fast on a bad policy or agent, before spawning workers
     config.out.mkdir(parents=True, exist_ok=True)
     manifest = _load_manifest_entries(config.out)
     result = CollectResult(entries={}, failures={})
     start = time.perf_counter()
+    written = [start, True]  # [time of the last manifest write, whether it holds every entry]
     bar = tqdm(total=config.episodes, unit="rollout", desc="collect", disable=not progress, dynamic_ncols=True)
+
+    def save_manifest(force: bool = False) -> None:
+        if written[1] or not force and time.perf_counter() - written[0] < MANIFEST_EVERY_S:
+            return
+        write_manifest(config.out, {"format": 1, "shards": [manifest[k] for k in sorted(manifest)]})
+        written[:] = [time.perf_counter(), True]
 
     def on_outcome(episode: int, outcome: tuple) -> None:
         name = shard_name(episode)
@@ -340,7 +383,8 @@ def run(config: CollectConfig, *, progress: bool = True) -> CollectResult:
         else:
             _, meta, skipped = outcome
             result.entries[name] = manifest[name] = {"file": name, **meta}
-            write_manifest(config.out, {"format": 1, "shards": [manifest[k] for k in sorted(manifest)]})
+            written[1] = False
+            save_manifest()
             result.skipped += skipped
             result.collected += not skipped
             result.frames += 0 if skipped else meta["steps"]
@@ -353,10 +397,14 @@ def run(config: CollectConfig, *, progress: bool = True) -> CollectResult:
             failed=len(result.failures),
         )
 
+    episodes = list(range(config.first_episode, config.next_episode))
     try:
-        run_workers(config, list(range(config.first_episode, config.next_episode)),
-                    config.workers or default_workers(), on_outcome)
+        if backend is None:
+            run_workers(config, episodes, config.workers or default_workers(), on_outcome)
+        else:
+            backend.run_episodes(config, episodes, on_outcome)
     finally:
+        save_manifest(force=True)
         bar.close()
     return result
 
@@ -370,7 +418,13 @@ def report_failures(result: CollectResult) -> None:
 
 def main(argv=None) -> int:
     config = cli(CollectConfig, argv, prog="python -m train.collect")
-    result = run(config)
+    from train.ray_backend import RayMissing
+
+    try:
+        result = run(config)
+    except RayMissing as err:
+        print(f"train/collect.py: {err}", file=sys.stderr)
+        return 2
     print(
         f"collected {result.collected}, skipped {result.skipped} finished, "
         f"{result.frames} frames in {result.seconds:.0f}s -> {config.out}"

@@ -9,7 +9,9 @@ controller .npz (`train.controller_policy`, trained by `train.controller`). Its 
 (the real CarRacing-v3, real rewards, 1000-step episodes unless max_steps says otherwise); episode
 i is reset with seed + i, so the scores are reproducible and the same for any number of workers.
 Workers are 'spawn' subprocesses (JAX does not survive fork) with one torch thread each;
-`RealEvaluator` keeps them alive between evaluations. Dream episodes run all at once in one DreamVectorEnv.
+`RealEvaluator` keeps them alive between evaluations. backend="ray" runs the real episodes as Ray
+tasks instead (train/ray_backend.py: a local Ray instance, or the cluster at `address`), with the
+same seeds and so the same scores. Dream episodes run all at once in one DreamVectorEnv.
 """
 
 from __future__ import annotations
@@ -145,20 +147,34 @@ def _worker_episode(path, seed):
     return _RUNNER(path, seed)
 
 
+BACKENDS = ("pool", "ray")
+
+
 class RealEvaluator:
     """Real-game scores of agents, in `workers` spawn subprocesses (0: in this process).
 
     model: a bundle path, Bundle, WorldModel or None (shipped); max_steps: episode length
-    (None: CarRacing-v3's 1000). Reusable for many agents; close() (or `with`) ends the workers.
+    (None: CarRacing-v3's 1000). backend="ray": Ray tasks instead, `workers` of them in flight
+    (0: one per cluster CPU), on the cluster at `address` (None: a local Ray instance).
+    Reusable for many agents; close() (or `with`) ends the workers.
     """
 
-    def __init__(self, model=None, workers: int = 2, max_steps: int | None = None):
+    def __init__(self, model=None, workers: int = 2, max_steps: int | None = None, backend: str = "pool",
+                 address: str | None = None):
         if not (isinstance(workers, int) and workers >= 0):
             raise ValueError(f"workers must be an integer >= 0, got {workers!r}")
         if max_steps is not None and not (isinstance(max_steps, int) and max_steps >= 1):
             raise ValueError(f"max_steps must be None or an integer >= 1, got {max_steps!r}")
-        self._pool = self._runner = None
-        if workers:
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if address is not None and backend != "ray":
+            raise ValueError(f"address is for backend='ray' only, got backend={backend!r}")
+        self._pool = self._runner = self._ray = None
+        if backend == "ray":
+            from train.ray_backend import RayEpisodes
+
+            self._ray = RayEpisodes(model, max_steps, workers, address)
+        elif workers:
             self._pool = multiprocessing.get_context("spawn").Pool(
                 workers, initializer=_start_worker, initargs=(model, max_steps))
         else:
@@ -171,11 +187,16 @@ class RealEvaluator:
         if not Path(path).is_file():
             raise FileNotFoundError(f"agent {path} does not exist; expected an SB3 .zip or a controller .npz")
         seeds = [seed + i for i in range(episodes)]
+        if self._ray is not None:
+            return self._ray(path, seeds)
         if self._pool is None:
             return [float(self._runner(path, s)) for s in seeds]
         return [float(r) for r in self._pool.map(partial(_worker_episode, str(path)), seeds, chunksize=1)]
 
     def close(self):
+        if self._ray is not None:
+            self._ray.close()
+            self._ray = None
         if self._pool is not None:
             self._pool.close()
             self._pool.join()
@@ -191,9 +212,10 @@ class RealEvaluator:
 
 
 def evaluate_real(agent_path, model=None, episodes: int = 10, seed: int = 0, workers: int = 2,
-                  max_steps: int | None = None) -> list[float]:
-    """Per-episode returns of the agent on `episodes` real CarRacing-v3 episodes (seeds seed + i)."""
-    with RealEvaluator(model, workers, max_steps) as evaluate:
+                  max_steps: int | None = None, backend: str = "pool", address: str | None = None) -> list[float]:
+    """Per-episode returns of the agent on `episodes` real CarRacing-v3 episodes (seeds seed + i);
+    backend="ray": as Ray tasks (see RealEvaluator), the same returns."""
+    with RealEvaluator(model, workers, max_steps, backend, address) as evaluate:
         return evaluate(agent_path, episodes, seed)
 
 
