@@ -29,6 +29,7 @@ import optax
 from dreamenv.checkpoint import Bundle, load_bundle, module_config, save_bundle
 from dreamenv.mdnrnn import MDNRNN
 from train.config import cli, require, require_dir, save_config
+from train.devices import constrain_batch, data_mesh, replicated, replicated_jit
 from train.latents import LatentSet, vae_fingerprint
 from train.loop import LoopConfig, Trainer, fit
 from train.mdnrnn_loss import evaluate, gather_windows, sample_windows, window_loss
@@ -119,24 +120,31 @@ def done_pos_weight(data: LatentSet) -> float:
 
 
 def make_update(model: MDNRNN, opt, args: MDNRNNConfig, pos_weight: float):
+    """-> jitted update(params, opt_state, data, key) -> (params, opt_state, terms). On several
+    devices the sampled windows are split over `data_mesh(batch_size)`, the rest replicated
+    (`train.devices`; `device_data` replicates the data); on one it is the plain jitted update."""
+    mesh = data_mesh(args.batch_size)
+
     def update(params, opt_state, data, key):
         k_win, k_z = jax.random.split(key)
         rollout, start = sample_windows(k_win, data["length"], args.batch_size, args.seq_len, args.start_fraction)
-        window = gather_windows(data, rollout, start, args.seq_len)
+        window = constrain_batch(gather_windows(data, rollout, start, args.seq_len), mesh)
         grad_fn = jax.value_and_grad(window_loss, argnums=1, has_aux=True)
         (_, terms), grads = grad_fn(model, params, window, k_z, pos_weight, args.reward_weight, args.done_weight,
                                      args.z_noise)
         updates, opt_state = opt.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, terms
 
-    return jax.jit(update, donate_argnums=(0, 1))
+    return replicated_jit(update, mesh, donate_argnums=(0, 1))
 
 
-def device_data(data: LatentSet, seq_len: int) -> dict:
-    """Padded arrays on device, with seq_len + 1 extra zero steps so every window slices."""
+def device_data(data: LatentSet, seq_len: int, batch_size: int | None = None) -> dict:
+    """Padded arrays on device (on each device of `data_mesh(batch_size)`), with seq_len + 1
+    extra zero steps so every window slices."""
     pad = lambda x: np.concatenate([x, np.zeros((x.shape[0], seq_len + 1, *x.shape[2:]), x.dtype)], 1)
     arrays = {k: pad(getattr(data, k)) for k in ("mu", "logvar", "action", "reward", "done")}
-    return jax.device_put({**arrays, "length": data.length})
+    mesh = None if batch_size is None else data_mesh(batch_size)
+    return jax.device_put({**arrays, "length": data.length}, replicated(mesh))
 
 
 def start_latents(data: LatentSet) -> np.ndarray:
@@ -160,7 +168,7 @@ class MDNRNNTrainer(Trainer):
         self.config, self.model, self.held = config, model, held
         self.opt = optimizer(config)
         self.params, self.opt_state, self.key, self.step = params, self.opt.init(params), key, 0
-        self.data = device_data(train_set, config.seq_len)
+        self.data = device_data(train_set, config.seq_len, config.batch_size)
         self._update = make_update(model, self.opt, config, done_pos_weight(train_set))
 
     def state(self) -> dict:
