@@ -12,8 +12,9 @@ and the command exits 1.
 
 --backend ray [--address ADDR] runs the episodes as Ray tasks on a cluster (or a local Ray
 instance) instead: the same shards, manifest, seeds and resume rules (train/ray_backend.py; needs
-`pip install -e ".[ray]"`). The manifest is rewritten at most every MANIFEST_EVERY_S seconds and
-when the run ends (a rewrite per episode is quadratic in the folder's size).
+`pip install -e ".[ray]"`). The manifest is rewritten when the run ends and, during it, at most
+every MANIFEST_EVERY_S seconds and in at most MANIFEST_SHARE of the time (a rewrite per episode
+would be quadratic in the folder's size: 10,000 entries take ~0.3 s to write).
 """
 
 from __future__ import annotations
@@ -342,7 +343,8 @@ def check_inputs(config: CollectConfig) -> None:
     require_dir(config, model=config.model)
 
 
-MANIFEST_EVERY_S = 2.0  # seconds between manifest rewrites during a run (and one at its end)
+MANIFEST_EVERY_S = 2.0  # seconds at least between manifest rewrites during a run (and one at its end)
+MANIFEST_SHARE = 0.1  # and at most this share of the run's time spent rewriting it
 
 
 def load_backend(config: CollectConfig):
@@ -366,14 +368,16 @@ def run(config: CollectConfig, *, progress: bool = True) -> CollectResult:
     manifest = _load_manifest_entries(config.out)
     result = CollectResult(entries={}, failures={})
     start = time.perf_counter()
-    written = [start, True]  # [time of the last manifest write, whether it holds every entry]
+    written = [start, True, 0.0]  # [time of the last manifest write, whether it holds every entry, its duration]
     bar = tqdm(total=config.episodes, unit="rollout", desc="collect", disable=not progress, dynamic_ncols=True)
 
     def save_manifest(force: bool = False) -> None:
-        if written[1] or not force and time.perf_counter() - written[0] < MANIFEST_EVERY_S:
+        wait = max(MANIFEST_EVERY_S, written[2] / MANIFEST_SHARE)
+        if written[1] or not force and time.perf_counter() - written[0] < wait:
             return
+        began = time.perf_counter()
         write_manifest(config.out, {"format": 1, "shards": [manifest[k] for k in sorted(manifest)]})
-        written[:] = [time.perf_counter(), True]
+        written[:] = [time.perf_counter(), True, time.perf_counter() - began]
 
     def on_outcome(episode: int, outcome: tuple) -> None:
         name = shard_name(episode)
