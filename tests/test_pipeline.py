@@ -42,6 +42,9 @@ def test_quick_preset_and_flags():
                           default=pipeline.FULL)
     assert config == dataclasses.replace(pipeline.QUICK, iterations=2)
     assert pipeline.cli(pipeline.PipelineConfig, [], default=pipeline.FULL) == pipeline.FULL
+    on_ray = dataclasses.replace(pipeline.FULL, backend="ray", address="auto")  # every collection on the cluster
+    collects = [s.config for s in pipeline.stages(on_ray) if isinstance(s.config, pipeline.collect.CollectConfig)]
+    assert len(collects) == 4 and all((c.backend, c.address) == ("ray", "auto") for c in collects)
 
 
 def test_pipeline_from_nothing_then_ship_installs_a_loadable_model(tmp_path):

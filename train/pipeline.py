@@ -31,7 +31,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 from dreamenv.atomic import atomic_write_bytes
 from dreamenv.checkpoint import load_bundle, save_bundle
@@ -52,7 +52,11 @@ class PipelineConfig:
     """run folder"""
     seed: int = 0
     workers: int | None = None
-    """collection workers (default: all cores)"""
+    """collection workers (default: all cores; with the ray backend: one per cluster CPU)"""
+    backend: Literal["pool", "ray"] = "pool"
+    """where the real rollouts are collected: local processes, or Ray tasks (train.collect --backend)"""
+    address: str | None = None
+    """Ray cluster address (None: a local Ray instance)"""
     policy: str = "mix"
     """the base data's policy (train/policies.py)"""
     episodes: int = 240
@@ -85,6 +89,7 @@ class PipelineConfig:
     def __post_init__(self):
         pos, nonneg = ">= 1", ">= 0"
         require(self, workers=(self.workers is None or self.workers >= 1, "None or >= 1"),
+                address=(self.address is None or self.backend == "ray", "None unless --backend ray"),
                 policy=(self.policy in POLICIES, f"one of {sorted(POLICIES)}"),
                 episodes=(self.episodes >= 1, pos), perturbed_episodes=(self.perturbed_episodes >= 0, nonneg),
                 offroad_episodes=(self.offroad_episodes >= 0, nonneg), max_steps=(self.max_steps >= 1, pos),
@@ -145,7 +150,8 @@ class Stage:
 def stages(config: PipelineConfig) -> list[Stage]:
     out = config.out
     base = collect.CollectConfig(out=out / "rollouts", policy=config.policy, episodes=config.episodes, seed=config.seed,
-                                 workers=config.workers, max_steps=config.max_steps)
+                                 workers=config.workers, max_steps=config.max_steps, backend=config.backend,
+                                 address=config.address)
     extra = [("collect-perturbed", "track-perturbed", config.perturbed_episodes), ("collect-offroad", "ou", config.offroad_episodes)]
     data, first = [Stage("collect", base)], config.episodes
     for name, policy, episodes in extra:
