@@ -50,8 +50,6 @@ class ShipConfig:
     """pipeline output folder (train.pipeline --out)"""
     iteration: int | None = None
     """which model of the run (0: the base one; default: the last iteration's)"""
-    dest: Path = ASSETS / "default"
-    card: Path = ASSETS / "MODEL_CARD.md"
     tolerance: float = 0.01
     """relative metric change float16 storage may make"""
     eval_frames: int = 2048
@@ -61,6 +59,10 @@ class ShipConfig:
     strip_dreams: int = 3
     """dreams (rows) in the strip"""
     seed: int = 0
+    dest: Path = ASSETS / "default"
+    """where the bundle is installed"""
+    card: Path = ASSETS / "MODEL_CARD.md"
+    """the model card written (its figures go to card/ beside it)"""
 
     def __post_init__(self):
         require(self, iteration=(self.iteration is None or self.iteration >= 0, "None or >= 0"),
