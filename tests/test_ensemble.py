@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import TINY, tiny_bundle
+from conftest import tiny_ensemble as ensemble
 
 import dreamenv  # noqa: F401  (registers the envs)
 from dreamenv import world_model as wm
@@ -16,17 +17,10 @@ from dreamenv.checkpoint import BundleError, load_bundle, random_bundle, save_bu
 from dreamenv.envs.vector import DreamVectorEnv
 from dreamenv.mdnrnn import MDNRNN
 from dreamenv.mixture import mdn_mean
-from train.ensemble import join, main as ensemble_main
+from train.ensemble import join
+from train.ensemble import main as ensemble_main
 
 B = 3
-
-
-def ensemble(seeds=(0, 1, 2), penalty=0.5, done_bias=None):
-    primary = tiny_bundle(done_bias=done_bias)
-    # members share the primary's VAE, as members trained on one latent folder do
-    bundles = [primary] + [dataclasses.replace(tiny_bundle(seed=s, done_bias=done_bias), vae_params=primary.vae_params)
-                           for s in seeds[1:]]
-    return join(bundles, penalty, [f"m{s}" for s in seeds])
 
 
 def actions(seed=0):
