@@ -1,4 +1,4 @@
-"""MDN-RNN training math: window sampling, masks, the done target, open-loop windows, AUC."""
+"""MDN-RNN training math: window sampling, masks, the done target, AUC."""
 
 import functools
 
@@ -7,8 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dreamenv.mdnrnn import MDNRNN, head_layout
-from train.mdnrnn_loss import (auc, gather_windows, open_loop_mask, sample_windows, self_fed_unroll,
-                               window_loss)
+from train.mdnrnn_loss import auc, gather_windows, sample_windows, window_loss
 
 
 def padded(lengths, d=4, extra=6):
@@ -115,44 +114,3 @@ def test_training_latents_are_posterior_samples():
     loss = lambda key, noise: float(window_loss(model, params, window, key, 1.0, 1.0, 1.0, noise)[0])
     assert loss(jax.random.key(1), 0.0) == loss(jax.random.key(2), 0.0)
     assert loss(jax.random.key(1), 1.0) != loss(jax.random.key(2), 1.0)
-
-
-def test_open_loop_mask_switches_a_share_of_windows_once():
-    mask = np.asarray(open_loop_mask(jax.random.key(0), 4000, 8, 0.4))  # [B, L]
-    assert not mask[:, 0].any()  # every window's first input is the data's
-    assert np.all(np.diff(mask.astype(int), axis=1) >= 0)  # once fed itself, it stays so
-    free = mask.any(axis=1)
-    np.testing.assert_allclose(free.mean(), 0.4, atol=0.03)
-    onset = np.argmax(mask[free], axis=1)
-    assert set(onset) == set(range(1, 8))  # onsets cover [1, L - 1]
-    assert not np.asarray(open_loop_mask(jax.random.key(0), 100, 8, 0.0)).any()
-
-
-def test_self_fed_inputs_replace_the_data_and_carry_no_gradient():
-    model = MDNRNN(latent_dim=4, hidden_size=8, num_mixtures=2)
-    params = model.init(jax.random.key(0), model.initial_carry(1), jnp.zeros((1, 1, 4)), jnp.zeros((1, 1, 3)))
-    rng = np.random.default_rng(0)
-    z, action = jnp.asarray(rng.normal(size=(3, 6, 4)), jnp.float32), jnp.asarray(rng.normal(size=(3, 6, 3)), jnp.float32)
-    _, forced = model.apply(params, model.initial_carry(3), z, action)
-    none = self_fed_unroll(model, params, z, action, jnp.zeros((3, 6), bool), jax.random.key(1))
-    np.testing.assert_allclose(none["mu"], forced["mu"], atol=1e-5)  # no feeding: the teacher-forced scan
-
-    feed = jnp.zeros((3, 6), bool).at[:, 3:].set(True)
-    run = lambda z: self_fed_unroll(model, params, z, action, feed, jax.random.key(1))["mu"]
-    base, moved = run(z), run(z.at[:, 3:].add(5.0))  # data inputs the model replaced by its own
-    np.testing.assert_array_equal(base, moved)
-    assert not np.allclose(base[:, 3:], forced["mu"][:, 3:], atol=1e-3)  # its own samples went in
-    grad = jax.grad(lambda z: run(z)[:, -1].sum())(z)
-    assert np.abs(grad[:, 3:]).max() == 0 and np.abs(grad[:, :3]).max() > 0
-
-
-def test_open_loop_loss_runs_where_the_model_feeds_itself():
-    data = padded([40] * 4)
-    window = gather_windows(jax.device_put(data), jnp.arange(4) % 4, jnp.zeros(4, jnp.int32), seq_len=8)
-    model = MDNRNN(latent_dim=4, hidden_size=8, num_mixtures=2)
-    params = model.init(jax.random.key(0), model.initial_carry(1), jnp.zeros((1, 1, 4)), jnp.zeros((1, 1, 3)))
-    loss = lambda fraction: float(window_loss(model, params, window, jax.random.key(1), 1.0, 1.0, 1.0, 0.0,
-                                              fraction)[0])
-    assert np.isfinite(loss(1.0)) and loss(1.0) != loss(0.0)
-    grads = jax.grad(lambda p: window_loss(model, p, window, jax.random.key(1), 1.0, 1.0, 1.0, 0.0, 1.0)[0])(params)
-    assert all(np.isfinite(g).all() for g in jax.tree_util.tree_leaves(grads))

@@ -142,7 +142,7 @@ def test_bad_values_and_missing_folders_fail_before_any_work(encoded, tmp_path):
 def test_run_config_is_saved_with_real_types(encoded, tmp_path):
     from train.config import load_config
 
-    config = mdn_args(encoded, tmp_path / "m", steps=2, start_fraction=0.5, open_loop=0.5)
+    config = mdn_args(encoded, tmp_path / "m", steps=2, start_fraction=0.5)
     mdnrnn.train(config)
     assert load_config(tmp_path / "m" / "run_config.json", mdnrnn.MDNRNNConfig) == config
 

@@ -10,9 +10,7 @@ metrics) to --bundle (default OUT/bundle). --init BUNDLE fine-tunes that bundle'
 
 Training latents are sampled afresh, z ~ N(mu, σ²), as the paper does (--z-noise 1): the dream
 feeds the memory its own samples, so it must learn from inputs that noisy. A share
---start-fraction of the windows begin at an episode's first step, where every dream begins. A
-share --open-loop of them feed the model its own samples from a random step on (targets stay the
-data's), so it learns to follow the actions from the states it dreams.
+--start-fraction of the windows begin at an episode's first step, where every dream begins.
 """
 
 from __future__ import annotations
@@ -65,8 +63,6 @@ class MDNRNNConfig:
     """scale of the posterior noise in training latents (1: z ~ N(mu, σ²), the paper's; 0: means)"""
     start_fraction: float = 0.0
     """share of training windows that begin at an episode's first step (where dreams begin)"""
-    open_loop: float = 0.0
-    """share of training windows fed, from a random step on, the model's own samples (targets stay the data's)"""
     reward_weight: float = 1.0
     done_weight: float = 1.0
     eval_every: int = 2000
@@ -81,8 +77,7 @@ class MDNRNNConfig:
                 seq_len=(self.seq_len >= 1, pos), lr=(self.lr > 0, "> 0"), lr_end=(0 < self.lr_end <= self.lr, "in (0, lr]"),
                 hidden_size=(self.hidden_size >= 1, pos), mixtures=(self.mixtures >= 1, pos),
                 sigma_min=(self.sigma_min > 0, "> 0"), z_noise=(self.z_noise >= 0, ">= 0"),
-                start_fraction=(0 <= self.start_fraction <= 1, "in [0, 1]"),
-                open_loop=(0 <= self.open_loop <= 1, "in [0, 1]"), eval_every=(self.eval_every >= 1, pos),
+                start_fraction=(0 <= self.start_fraction <= 1, "in [0, 1]"), eval_every=(self.eval_every >= 1, pos),
                 ckpt_every=(self.ckpt_every >= 1, pos))
 
     @property
@@ -136,7 +131,7 @@ def make_update(model: MDNRNN, opt, args: MDNRNNConfig, pos_weight: float):
         window = constrain_batch(gather_windows(data, rollout, start, args.seq_len), mesh)
         grad_fn = jax.value_and_grad(window_loss, argnums=1, has_aux=True)
         (_, terms), grads = grad_fn(model, params, window, k_z, pos_weight, args.reward_weight, args.done_weight,
-                                     args.z_noise, args.open_loop)
+                                     args.z_noise)
         updates, opt_state = opt.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, terms
 

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 
 from dreamenv.mdnrnn import MDNRNN
-from dreamenv.mixture import mdn_log_prob, mdn_mean, mdn_nll, mdn_sample
+from dreamenv.mixture import mdn_log_prob, mdn_mean, mdn_nll
 
 
 def sample_windows(key, length, batch: int, seq_len: int, start_fraction=0.0):
@@ -44,42 +44,8 @@ def gather_windows(data: dict, rollout, start, seq_len: int) -> dict:
     return jax.vmap(one)(rollout, start)
 
 
-def open_loop_mask(key, batch: int, seq_len: int, fraction: float):
-    """Which inputs the model feeds itself. -> bool [B, L]
-
-    A share `fraction` of the windows run open loop from an onset drawn uniformly in [1, L − 1]
-    on (True from there); the other windows, and every window's first input, stay the data's.
-    """
-    k_win, k_onset = jax.random.split(key)
-    free = jax.random.uniform(k_win, (batch,)) < fraction  # [B]
-    onset = jax.random.randint(k_onset, (batch,), 1, max(seq_len, 2))  # [B]
-    return free[:, None] & (jnp.arange(seq_len)[None, :] >= onset[:, None])
-
-
-def self_fed_unroll(model: MDNRNN, params, z, action, feed, key):
-    """Unroll from a zero carry where input t is the data's z_t, or, where feed[:, t], the model's
-    own sample of z_t drawn at τ = 1 at step t − 1 (stop-gradient: gradients reach it through the
-    LSTM state, not through the sample), as the dream feeds itself.
-
-    z [B, L, D], action [B, L, A], feed bool [B, L] -> the head's outputs [B, L, ...]
-    """
-    def body(state, xs):
-        carry, own = state
-        z_t, a_t, feed_t, k_t = xs
-        x = jnp.where(feed_t[:, None], own, z_t)  # [B, D]
-        carry, out = model.apply(params, carry, x, a_t, method=MDNRNN.step)
-        own = jax.lax.stop_gradient(mdn_sample(k_t, out["log_pi"], out["mu"], out["log_sigma"]))
-        return (carry, own), out
-
-    time_major = lambda x: jnp.swapaxes(x, 0, 1)
-    keys = jax.random.split(key, z.shape[1])
-    xs = (time_major(z), time_major(action), time_major(feed), keys)
-    _, out = jax.lax.scan(body, (model.initial_carry(z.shape[0]), z[:, 0]), xs)
-    return jax.tree_util.tree_map(time_major, out)
-
-
 def window_loss(model: MDNRNN, params, window: dict, key, done_pos_weight, reward_weight, done_weight,
-                z_noise=0.0, open_loop=0.0):
+                z_noise=0.0):
     """Loss on windows: mixture NLL of z_{t+1} (per latent dim), squared-error reward, weighted BCE done.
 
     The reward head is fit by squared error, so it predicts the expected reward: CarRacing's is a
@@ -92,19 +58,11 @@ def window_loss(model: MDNRNN, params, window: dict, key, done_pos_weight, rewar
 
     window: mu, logvar [B, L+1, D]; action [B, L+1, A]; reward, done, valid [B, L+1].
     z = mu + z_noise·σ·ε is sampled afresh for inputs and targets alike (z_noise = 1: z ~ N(mu, σ²)
-    as in the paper; 0: the encoder means). A share `open_loop` (a Python number) of the windows
-    switch from a random step on to the model's own samples as inputs (`open_loop_mask`), while
-    the targets (next z, reward, done) stay the data's: the memory learns to follow the actions
-    from states it dreamed, where the dream runs. -> (loss, dict of its terms)
+    as in the paper; 0: the encoder means). -> (loss, dict of its terms)
     """
     eps = jax.random.normal(key, window["mu"].shape)
     z = window["mu"] + z_noise * jnp.exp(0.5 * window["logvar"]) * eps  # [B, L+1, D]
-    if open_loop > 0:  # a Python number; 0 keeps the teacher-forced scan and its draws as they were
-        k_mask, k_feed = jax.random.split(jax.random.fold_in(key, 1))
-        feed = open_loop_mask(k_mask, z.shape[0], z.shape[1] - 1, open_loop)  # [B, L]
-        out = self_fed_unroll(model, params, z[:, :-1], window["action"][:, :-1], feed, k_feed)
-    else:
-        _, out = model.apply(params, model.initial_carry(z.shape[0]), z[:, :-1], window["action"][:, :-1])
+    _, out = model.apply(params, model.initial_carry(z.shape[0]), z[:, :-1], window["action"][:, :-1])
     step_valid = window["valid"][:, :-1]  # [B, L]: the transition from step t exists
     next_valid = window["valid"][:, 1:] & step_valid  # z_{t+1} was observed
     nll = mdn_nll(out["log_pi"], out["mu"], out["log_sigma"], z[:, 1:], mask=next_valid)
