@@ -3,9 +3,7 @@
     <bundle>/config.json     format version, VAE + MDN-RNN + frame configs, params checksum,
                              storage dtype, metadata (flat and small: data size, metrics, and the
                              command and commit that built it)
-    <bundle>/params.msgpack  flax-serialized {"vae": ..., "mdnrnn": ..., "start_latents": [N, D]}, plus
-                             "members" (the other K-1 MDN-RNNs, leaves stacked [K-1, ...]) in an
-                             ensemble bundle; config.json's "ensemble" holds K and the penalty
+    <bundle>/params.msgpack  flax-serialized {"vae": ..., "mdnrnn": ..., "start_latents": [N, D]}
 
 A bundle is written into a temp folder and swapped into place, so a reader never sees a
 half-written one. Loading validates the version, the checksum and every array's shape
@@ -32,10 +30,9 @@ from dreamenv.frames import FrameConfig
 from dreamenv.mdnrnn import MDNRNN
 from dreamenv.vae import VAE
 
-# 8: the paper's VAE and K >= 1 plain MDN-RNNs (fused LSTM kernel, one head layer) with the ensemble's
-# disagreement penalty. 7 was the same with K = 1 always; versions 3-6 held model variants that no
-# environment runs (see docs/RESULTS.md, "Removed experiments").
-FORMAT_VERSION = 8
+# 7: the plain MDN-RNN (fused LSTM kernel, one head layer) and the paper's VAE, nothing else. Versions
+# 3-6 held model variants that no environment runs (see docs/RESULTS.md, "Removed experiments").
+FORMAT_VERSION = 7
 CONFIG_FILE = "config.json"
 PARAMS_FILE = "params.msgpack"
 STORAGE_DTYPES = ("float32", "float16")
@@ -48,11 +45,7 @@ class BundleError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Bundle:
-    """A trained (or random) world model: V and M (K >= 1 MDN-RNNs), their params, and real start latents.
-
-    member_params: None (K = 1) or the other K-1 MDN-RNNs' params, every leaf stacked [K-1, ...] with
-    the same config as `mdnrnn`; penalty: the dream's default disagreement penalty (0 for K = 1).
-    """
+    """A trained (or random) world model: V and M, their params, and real start latents."""
 
     vae: VAE
     mdnrnn: MDNRNN
@@ -61,14 +54,6 @@ class Bundle:
     mdnrnn_params: Any
     start_latents: np.ndarray  # [N, latent_dim] float32: encoded real first frames
     metadata: dict = dataclasses.field(default_factory=dict)
-    member_params: Any = None
-    penalty: float = 0.0
-
-    @property
-    def ensemble_size(self) -> int:
-        if self.member_params is None:
-            return 1
-        return 1 + int(np.shape(jax.tree_util.tree_leaves(self.member_params)[0])[0])
 
 
 def module_config(module) -> dict:
@@ -129,18 +114,13 @@ def save_bundle(path: str | Path, bundle: Bundle, dtype: str = "float32") -> Pat
         raise ValueError(
             f"start_latents has shape {start.shape}, expected [N, {bundle.mdnrnn.latent_dim}]"
         )
-    if not (np.isfinite(bundle.penalty) and bundle.penalty >= 0):
-        raise ValueError(f"bundle penalty must be a finite number >= 0, got {bundle.penalty!r}")
-    if bundle.penalty > 0 and bundle.member_params is None:
-        raise ValueError(f"bundle penalty {bundle.penalty} needs ensemble members (member_params is None)")
-    tree = {
-        "vae": _to_numpy(bundle.vae_params, dtype),
-        "mdnrnn": _to_numpy(bundle.mdnrnn_params, dtype),
-        "start_latents": start,
-    }
-    if bundle.member_params is not None:
-        tree["members"] = _to_numpy(bundle.member_params, dtype)
-    payload = serialization.msgpack_serialize(tree)
+    payload = serialization.msgpack_serialize(
+        {
+            "vae": _to_numpy(bundle.vae_params, dtype),
+            "mdnrnn": _to_numpy(bundle.mdnrnn_params, dtype),
+            "start_latents": start,
+        }
+    )
     config = {
         "format_version": FORMAT_VERSION,
         "vae": module_config(bundle.vae),
@@ -149,7 +129,6 @@ def save_bundle(path: str | Path, bundle: Bundle, dtype: str = "float32") -> Pat
         "params_dtype": dtype,
         "params_sha256": hashlib.sha256(payload).hexdigest(),
         "num_start_latents": int(start.shape[0]),
-        "ensemble": {"size": bundle.ensemble_size, "penalty": float(bundle.penalty)},
         "metadata": bundle.metadata,
     }
     config_text = json.dumps(config, indent=2, sort_keys=True)  # fails here, before any write
@@ -235,16 +214,8 @@ def load_bundle(path: str | Path) -> Bundle:
         tree = serialization.msgpack_restore(payload)
     except Exception as e:  # msgpack raises several unrelated types
         raise BundleError(f"model bundle {path}: cannot decode {PARAMS_FILE} ({e})") from e
-    ensemble = config.get("ensemble")
-    size, penalty = (ensemble.get("size"), ensemble.get("penalty")) if isinstance(ensemble, dict) else (None, None)
-    if not (isinstance(size, int) and size >= 1 and isinstance(penalty, (int, float)) and penalty >= 0
-            and (size > 1 or penalty == 0)):
-        raise BundleError(f"model bundle {path}: {CONFIG_FILE} 'ensemble' is {ensemble!r}, expected "
-                          f'{{"size": K >= 1, "penalty": >= 0 (0 when K = 1)}}')
-    keys = {"vae", "mdnrnn", "start_latents"} | ({"members"} if size > 1 else set())
-    if not isinstance(tree, dict) or set(tree) != keys:
-        raise BundleError(f"model bundle {path}: {PARAMS_FILE} holds {sorted(tree) if isinstance(tree, dict) else '?'}, "
-                          f"expected {sorted(keys)} (ensemble size {size})")
+    if not isinstance(tree, dict) or set(tree) != {"vae", "mdnrnn", "start_latents"}:
+        raise BundleError(f"model bundle {path}: {PARAMS_FILE} lacks vae/mdnrnn/start_latents")
 
     vae = _build(path, VAE, config.get("vae", {}))
     mdnrnn = _build(path, MDNRNN, config.get("mdnrnn", {}))
@@ -252,9 +223,6 @@ def load_bundle(path: str | Path) -> Bundle:
     expected_vae, expected_mdn = jax.eval_shape(lambda: init_params(vae, mdnrnn, jax.random.key(0)))
     _check_shapes(path, "VAE", expected_vae, tree["vae"])
     _check_shapes(path, "MDN-RNN", expected_mdn, tree["mdnrnn"])
-    if size > 1:
-        stacked = jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct((size - 1, *s.shape), s.dtype), expected_mdn)
-        _check_shapes(path, "ensemble members'", stacked, tree["members"])
     start = np.asarray(tree["start_latents"], np.float32)
     if start.ndim != 2 or start.shape[1] != mdnrnn.latent_dim or len(start) == 0:
         raise BundleError(
@@ -270,6 +238,4 @@ def load_bundle(path: str | Path) -> Bundle:
         mdnrnn_params=as_f32(tree["mdnrnn"]),
         start_latents=start,
         metadata=config.get("metadata", {}),
-        member_params=as_f32(tree["members"]) if size > 1 else None,
-        penalty=float(penalty),
     )

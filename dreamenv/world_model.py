@@ -11,18 +11,6 @@ evolution strategies, the benchmarks) calls these functions; none re-implements 
 
 `memory_step` is the MDN-RNN cell that `step` runs; LatentCarRacing-v0 runs it on real latents.
 
-Ensembles (PETS/MOPO): a bundle may hold K MDN-RNNs trained alike on the same latents. Member 0 (the
-"primary", `mdnrnn_params`) is the one whose h the agent observes and the one LatentCarRacing-v0
-runs on real latents; members 1..K-1 (`member_params`, every leaf stacked [K-1, ...]) consume the
-same (z_t, a_t) stream with their own LSTM state (`DreamState.member_carry`). Each step then
-  z_{t+1}  is sampled from one member drawn uniformly per env and per step,
-  reward   is the members' mean reward minus `penalty` × u_t, where u_t is the members'
-           disagreement: the RMS over latent dims of the std across members of their mixture means
-           (`disagreement`). Where the data pinned the dynamics down the members agree and u_t is
-           small; where an agent steers the dream off the data, they part and the dream stops paying.
-  terminated  the members' mean done logit > 0.
-A single-model bundle (K = 1) steps as the definitions above say, with no penalty.
-
 Definitions, shared by the dream and by LatentCarRacing-v0:
   z_t    the latent of frame t: sampled from the MDN-RNN in the dream, the VAE's mean on real
          frames; clipped to ±LATENT_BOUND (a guard against a diverging model that keeps obs in the
@@ -51,7 +39,7 @@ import numpy as np
 from dreamenv.checkpoint import Bundle
 from dreamenv.frames import FrameConfig
 from dreamenv.mdnrnn import MDNRNN
-from dreamenv.mixture import mdn_mean, mdn_sample
+from dreamenv.mixture import mdn_sample
 from dreamenv.vae import VAE
 
 OBS_MODES = ("z", "zh", "pixels")
@@ -78,8 +66,6 @@ class WorldModel:
     vae_params: Any
     mdnrnn_params: Any
     start_latents: jax.Array  # [N, D]
-    member_params: Any = None  # the other K-1 ensemble members, leaves stacked [K-1, ...]; None: K = 1
-    penalty: jax.Array = 0.0  # float32 scalar: reward -= penalty × disagreement (ensembles only)
 
     @classmethod
     def from_bundle(cls, bundle: Bundle) -> "WorldModel":
@@ -102,27 +88,7 @@ class WorldModel:
             vae_params=put(bundle.vae_params),
             mdnrnn_params=put(bundle.mdnrnn_params),
             start_latents=put(bundle.start_latents),
-            member_params=None if bundle.member_params is None else put(bundle.member_params),
-            penalty=jnp.float32(bundle.penalty),
         )
-
-    def with_penalty(self, penalty: float | None) -> "WorldModel":
-        """This model with the disagreement penalty set (None: keep the bundle's). ValueError unless
-        it is a finite number >= 0, or if it is > 0 on a single model (nothing to disagree)."""
-        if penalty is None:
-            return self
-        if not (isinstance(penalty, (int, float, np.floating)) and np.isfinite(penalty) and penalty >= 0):
-            raise ValueError(f"penalty must be a finite number >= 0, got {penalty!r}")
-        if penalty > 0 and self.member_params is None:
-            raise ValueError(f"penalty={penalty} needs an ensemble bundle (K > 1 MDN-RNNs); this model has one")
-        return self.replace(penalty=jnp.float32(penalty))
-
-    @property
-    def ensemble_size(self) -> int:
-        """K: the number of MDN-RNNs the dream steps."""
-        if self.member_params is None:
-            return 1
-        return 1 + jax.tree_util.tree_leaves(self.member_params)[0].shape[0]
 
     def for_obs(self, obs: str) -> "WorldModel":
         """This model without the VAE unless `step`/`reset` in mode `obs` read it ("pixels"): what
@@ -145,7 +111,6 @@ class DreamState:
     z: jax.Array  # [B, D]  z_t
     carry: tuple  # (c, h), each [B, H]: LSTM state after consuming (z_{t-1}, a_{t-1})
     t: jax.Array  # [B] int32: steps since reset
-    member_carry: tuple | None = None  # (c, h), each [B, K-1, H]: the other members' LSTM states; None: K = 1
 
 
 def _env_keys(key, batch: int):
@@ -166,29 +131,9 @@ def memory_step(model: WorldModel, carry, z, action):
     return model.mdnrnn.apply(model.mdnrnn_params, carry, z, action, method=MDNRNN.step)
 
 
-def members_step(model: WorldModel, member_carry, z, action):
-    """The K-1 other members' cells on the same (z_t, a_t). member_carry: (c, h) [B, K-1, H]
-    -> (member_carry', heads with leading [B, K-1])."""
-    action = jnp.clip(action, ACTION_LOW, ACTION_HIGH)
-    cell = lambda params, carry: model.mdnrnn.apply(params, carry, z, action, method=MDNRNN.step)
-    return jax.vmap(cell, in_axes=(0, 1), out_axes=(1, 1))(model.member_params, member_carry)
-
-
-def disagreement(log_pi, mu):
-    """The ensemble's disagreement on z_{t+1}: RMS over latent dims of the std across members of
-    their mixture means. log_pi [B, K, M], mu [B, K, M, D] -> [B]."""
-    means = mdn_mean(log_pi, mu)  # [B, K, D]
-    return jnp.sqrt(jnp.mean(jnp.var(means, axis=1), axis=-1))
-
-
 def start_state(model: WorldModel, z) -> DreamState:
-    """Dreams (or real episodes) at their first step: z_0 [B, D], zero carries, t = 0."""
-    b = z.shape[0]
-    members = None
-    if model.member_params is not None:
-        zeros = jnp.zeros((b, model.ensemble_size - 1, model.hidden_size), jnp.float32)
-        members = (zeros, zeros)
-    return DreamState(z=z, carry=model.mdnrnn.initial_carry(b), t=jnp.zeros(b, jnp.int32), member_carry=members)
+    """Dreams (or real episodes) at their first step: z_0 [B, D], a zero carry, t = 0."""
+    return DreamState(z=z, carry=model.mdnrnn.initial_carry(z.shape[0]), t=jnp.zeros(z.shape[0], jnp.int32))
 
 
 @jax.jit
@@ -235,22 +180,10 @@ def step(model: WorldModel, state: DreamState, action, key, temperature=1.0, obs
     keys = _env_keys(key, state.z.shape[0])
     carry, head = memory_step(model, state.carry, state.z, action)
     sample = partial(mdn_sample, temperature=jnp.asarray(temperature, jnp.float32))
-    if model.member_params is None:
-        z = jax.vmap(sample)(keys, head["log_pi"], head["mu"], head["log_sigma"])
-        reward, done_logit, member_carry = head["reward"], head["done_logit"], None
-    else:
-        member_carry, heads = members_step(model, state.member_carry, state.z, action)
-        both = {k: jnp.concatenate([head[k][:, None], heads[k]], axis=1) for k in heads}  # [B, K, ...]
-        pick_keys, keys = jnp.moveaxis(jax.vmap(jax.random.split)(keys), 1, 0)
-        member = jax.vmap(lambda k: jax.random.randint(k, (), 0, model.ensemble_size))(pick_keys)  # [B]
-        pick = lambda x: jnp.take_along_axis(x, member.reshape((-1,) + (1,) * (x.ndim - 1)), axis=1)[:, 0]
-        z = jax.vmap(sample)(keys, pick(both["log_pi"]), pick(both["mu"]), pick(both["log_sigma"]))
-        u = disagreement(both["log_pi"], both["mu"])  # [B]
-        reward = jnp.mean(both["reward"], axis=1) - model.penalty * u
-        done_logit = jnp.mean(both["done_logit"], axis=1)
+    z = jax.vmap(sample)(keys, head["log_pi"], head["mu"], head["log_sigma"])
     z = jnp.clip(z, -LATENT_BOUND, LATENT_BOUND)  # [B, D]
-    state = DreamState(z=z, carry=carry, t=state.t + 1, member_carry=member_carry)
-    return state, observe(model, z, head["h"], obs), reward, done_logit > 0.0
+    state = DreamState(z=z, carry=carry, t=state.t + 1)
+    return state, observe(model, z, head["h"], obs), head["reward"], head["done_logit"] > 0.0
 
 
 @partial(jax.jit, static_argnames=("policy_fn", "batch", "steps", "obs"))

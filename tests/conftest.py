@@ -26,17 +26,6 @@ def tiny_bundle(seed=0, done_bias=None):
     return bundle
 
 
-def tiny_ensemble(seeds=(0, 1, 2), penalty=0.5, done_bias=None):
-    """An ensemble of tiny bundles of these seeds (the first is the primary), sharing its VAE as
-    members trained on one latent folder do."""
-    from train.ensemble import join
-
-    primary = tiny_bundle(done_bias=done_bias)
-    bundles = [primary] + [dataclasses.replace(tiny_bundle(seed=s, done_bias=done_bias), vae_params=primary.vae_params)
-                           for s in seeds[1:]]
-    return join(bundles, penalty, [f"m{s}" for s in seeds])
-
-
 def write_shards(folder, lengths=(12, 12, 12), seed=0, terminal=True, policies=None):
     """Random-frame shards; the first one ends terminated (when `terminal`); `policies` [R] go in the meta."""
     rng = np.random.default_rng(seed)

@@ -115,14 +115,12 @@ class DreamCarRacing(gym.Env):
         model: a bundle folder, a `Bundle`, a `WorldModel`; None: the shipped bundle.
         render_mode: None | "rgb_array" (the decoded frame, uint8 H×W×3) | "human" (pygame window).
         render_scale: integer upscaling of rendered frames (default 1, or 8 for "human").
-        penalty: an ensemble bundle's disagreement penalty (reward -= penalty × u_t, see
-            `dreamenv.world_model`); None (default): the bundle's own; > 0 needs an ensemble.
     """
 
     metadata = {"render_modes": ["human", "rgb_array"], "render_fps": RENDER_FPS}
 
-    def __init__(self, obs="zh", temperature=1.0, model=None, render_mode=None, render_scale=None, penalty=None):
-        self.model = load_model(model).with_penalty(penalty)
+    def __init__(self, obs="zh", temperature=1.0, model=None, render_mode=None, render_scale=None):
+        self.model = load_model(model)
         self.observation_space = observation_space(self.model, obs)
         self.action_space = action_space()
         self.obs_mode = obs

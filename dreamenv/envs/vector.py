@@ -77,7 +77,7 @@ class DreamVectorEnv(gym.vector.VectorEnv):
 
     Args: num_envs, max_episode_steps (per-env truncation, 1000 from the registration),
     autoreset_mode (NEXT_STEP or SAME_STEP), and DreamCarRacing-v0's obs, temperature, model,
-    render_mode (None or "rgb_array": frames [N, H, W, 3]), render_scale and penalty.
+    render_mode (None or "rgb_array": frames [N, H, W, 3]) and render_scale.
     """
 
     def __init__(
@@ -90,7 +90,6 @@ class DreamVectorEnv(gym.vector.VectorEnv):
         render_scale=None,
         max_episode_steps=1000,
         autoreset_mode=AutoresetMode.NEXT_STEP,
-        penalty=None,
     ):
         if not (isinstance(num_envs, int) and num_envs >= 1):
             raise ValueError(f"num_envs must be an integer >= 1, got {num_envs!r}")
@@ -101,7 +100,7 @@ class DreamVectorEnv(gym.vector.VectorEnv):
             raise ValueError("autoreset_mode DISABLED is not supported; use NEXT_STEP or SAME_STEP")
         if max_episode_steps is None or max_episode_steps < 1:
             raise ValueError(f"max_episode_steps must be >= 1, got {max_episode_steps!r}")
-        self.model = load_model(model).with_penalty(penalty)
+        self.model = load_model(model)
         self.num_envs = num_envs
         self.obs_mode = obs
         self.temperature = check_temperature(temperature)
