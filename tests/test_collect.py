@@ -286,27 +286,3 @@ def test_episode_policy_names_the_driver_of_an_episode():
     assert episode_policy({"policy": "runs/it1/agent.zip", "params": {"perturbed_share": 0.2}}) == "agent"
     assert episode_policy({"policy": "ou", "params": {"theta": 0.1}}) == "ou"
     assert episode_policy({"episode": 3}) == "unknown"
-
-
-def test_held_follower_holds_every_control_for_long_segments():
-    """track-held: overridden segments are drawn 60-300 steps long with all three controls fixed."""
-    env = make_env(700)
-    policy = make_policy("track-held")
-    obs, _ = env.reset(seed=5)
-    policy.reset(np.random.default_rng(1), env)
-    held, left = 0, 0  # steps taken under an override; steps left in the segment before this one
-    for _ in range(700):
-        action = policy.act(obs, env)
-        override, now_left = policy.perturb.override, policy.perturb.segment_left
-        if override is not None:
-            if now_left >= left:  # this step drew a new segment of now_left + 1 steps
-                assert 60 <= now_left + 1 <= 300
-            assert None not in override
-            np.testing.assert_allclose(action, override, atol=1e-6)
-            held += 1
-        left = now_left
-        obs, _, terminated, truncated, _ = env.step(action)
-        if terminated or truncated:
-            break
-    env.close()
-    assert held >= 60, "no segment was held in 700 steps"

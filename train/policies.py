@@ -11,8 +11,6 @@ callable given as 'package.module:factory' (a zero-argument callable returning `
     track       PRIVILEGED noisy track-follower with off-road excursions (data only, never an agent)
     track-perturbed  PRIVILEGED track-follower whose actions are overridden in random segments
                 by state-independent ones (data only), so the data shows what each action does
-    track-held  PRIVILEGED track-follower whose controls are all held fixed for long stretches
-                (60-300 steps, data only), so the data shows where a held control really takes the car
     mix         per episode, one of ou, controller, track by weight (the default: 70% track, 15% each other)
     random      per episode, ou or controller (half each): the non-privileged data regime
     PATH.zip | PATH.npz  a dream-trained agent (SB3 or controller) with perturbed segments as exploration
@@ -207,24 +205,22 @@ class TrackFollowerPolicy(Policy):
 
 
 class SegmentPerturbation:
-    """Overrides a policy's actions in random segments of `lengths` steps by state-independent ones.
+    """Overrides a policy's actions in random segments of 10-50 steps by state-independent ones.
 
-    Per segment (its length uniform in `lengths`, both ends included), with probability `share`,
-    the action is replaced by one drawn independently of the state, by a mode drawn from `modes`:
-    steer (a held random steer), coast, brake, throttle (full gas), random (all three at random),
-    hold (all three held: steer 0 or uniform in [-1, 1] half each, gas uniform in [0, 1], no
-    brake) or idle (all zero); otherwise the policy's own action stays.
-    `__call__(action)` -> the action to take.
+    Per segment, with probability `share`, the action is replaced by one drawn independently of
+    the state: a held random steer, coasting, braking, full throttle, or all three at random;
+    otherwise the policy's own action stays. `__call__(action)` -> the action to take.
     """
 
-    def __init__(self, rng: np.random.Generator, share: float, lengths: tuple[int, int] = (10, 50),
-                 modes: tuple[str, ...] = ("steer", "coast", "brake", "throttle", "random")):
-        self.rng, self.share, self.lengths, self.modes = rng, share, lengths, modes
+    modes = ("steer", "coast", "brake", "throttle", "random")
+
+    def __init__(self, rng: np.random.Generator, share: float):
+        self.rng, self.share = rng, share
         self.segment_left, self.override = 0, None
 
     def __call__(self, action: np.ndarray) -> np.ndarray:
         if not self.segment_left:
-            self.segment_left = int(self.rng.integers(self.lengths[0], self.lengths[1] + 1))
+            self.segment_left = int(self.rng.integers(10, 51))
             perturb = self.rng.random() < self.share
             self.override = self._draw_override() if perturb else None
         self.segment_left -= 1
@@ -237,11 +233,8 @@ class SegmentPerturbation:
         """(steer, gas, brake), None where the policy's own action stays."""
         u = lambda lo, hi: float(self.rng.uniform(lo, hi))
         mode = self.modes[int(self.rng.integers(len(self.modes)))]
-        if mode == "hold":
-            return (0.0 if self.rng.random() < 0.5 else u(-1, 1)), u(0, 1), 0.0
         return {"steer": (u(-1, 1), None, None), "coast": (None, 0.0, 0.0), "brake": (None, 0.0, u(0.2, 1.0)),
-                "throttle": (None, 1.0, 0.0), "random": (u(-1, 1), u(0, 1), u(0, 1) ** 2),
-                "idle": (0.0, 0.0, 0.0)}[mode]
+                "throttle": (None, 1.0, 0.0), "random": (u(-1, 1), u(0, 1), u(0, 1) ** 2)}[mode]
 
 
 class PerturbedTrackPolicy(TrackFollowerPolicy):
@@ -259,27 +252,6 @@ class PerturbedTrackPolicy(TrackFollowerPolicy):
         super().reset(rng, env)
         self.params["perturbed_share"] = float(rng.uniform(0.2, 0.5))
         self.perturb = SegmentPerturbation(rng, self.params["perturbed_share"])
-
-    def act(self, obs, env):
-        return self.perturb(super().act(obs, env))
-
-
-class HeldTrackPolicy(TrackFollowerPolicy):
-    """PRIVILEGED (data only): the track follower with every control held for 60-300 steps at a time.
-
-    A dream trained on short perturbations alone let an agent hold full throttle: its dreamed road
-    curved with the car, paying 322 in the dream against -27 on the game (docs/RESULTS.md). Here,
-    in 30-60 % of the segments, all three controls are held (`SegmentPerturbation` modes hold,
-    idle, random) long enough for the car to leave the road and the playfield, as it really does;
-    the follower then drives back, so the data also shows the long way back.
-    """
-
-    name = "track-held"
-
-    def reset(self, rng, env):
-        super().reset(rng, env)
-        self.params["held_share"] = float(rng.uniform(0.3, 0.6))
-        self.perturb = SegmentPerturbation(rng, self.params["held_share"], (60, 300), ("hold", "hold", "idle", "random"))
 
     def act(self, obs, env):
         return self.perturb(super().act(obs, env))
@@ -366,8 +338,8 @@ class RandomMixPolicy(MixPolicy):
 
 
 POLICIES: dict[str, type[Policy]] = {
-    cls.name: cls for cls in (OUPolicy, RandomControllerPolicy, TrackFollowerPolicy, PerturbedTrackPolicy, HeldTrackPolicy,
-                              MixPolicy, RandomMixPolicy)
+    cls.name: cls for cls in (OUPolicy, RandomControllerPolicy, TrackFollowerPolicy, PerturbedTrackPolicy, MixPolicy,
+                              RandomMixPolicy)
 }
 
 
