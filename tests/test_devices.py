@@ -48,7 +48,8 @@ latents = LatentSet(mu=rng.normal(size=(n, t, 8)).astype(np.float32),
                     logvar=rng.normal(-2, 0.3, (n, t, 8)).astype(np.float32),
                     action=rng.uniform(0, 1, (n, t, 3)).astype(np.float32),
                     reward=rng.normal(size=(n, t)).astype(np.float32), done=rng.random((n, t)) < 0.05,
-                    length=np.array([20, 15, 12, 20], np.int32), names=list("abcd"))
+                    length=np.array([20, 15, 12, 20], np.int32), names=list("abcd"),
+                    policies=["ou"] * n)
 params = model.init(jax.random.key(2), model.initial_carry(1), np.zeros((1, 1, 8)), np.zeros((1, 1, 3)))
 opt = mdnrnn.optimizer(config)
 opt_state, update = opt.init(params), mdnrnn.make_update(model, opt, config, 5.0)

@@ -13,7 +13,7 @@ from dreamenv.checkpoint import load_bundle
 from dreamenv.mdnrnn import MDNRNN
 from dreamenv.shards import shard_name, write_shard
 from train import encode, mdnrnn, vae
-from train.latents import LatentError, LatentSet, load_latents
+from train.latents import FIELDS, LatentError, LatentSet, load_latents
 from train.trainstate import TrainCheckpoint
 
 LENGTHS = [70, 64, 60, 66]
@@ -48,6 +48,20 @@ def encoded(tmp_path_factory):
               "--holdout", "0.25"])
     encode.main(["--data", str(root / "rollouts"), "--vae", str(root / "vae"), "--out", str(root / "latents")])
     return root
+
+
+@pytest.fixture(scope="module")
+def driven(tmp_path_factory, encoded):
+    """`encoded`'s VAE over six rollouts driven by named policies: two of them privileged."""
+    root = tmp_path_factory.mktemp("driven")
+    rng = np.random.default_rng(1)
+    policies = ["track", "ou", "track-perturbed", "controller", "agent", "ou"]
+    for i, policy in enumerate(policies):
+        meta = {"policy": "runs/a/agent.zip"} if policy == "agent" else {"policy": "mix", "params": {"choice": policy}}
+        write_shard(root / "rollouts" / shard_name(i), synthetic_episode(rng, 40, terminal=False), meta)
+    (root / "vae").symlink_to(encoded / "vae")
+    encode.main(["--data", str(root / "rollouts"), "--vae", str(root / "vae"), "--out", str(root / "latents")])
+    return root, policies
 
 
 def mdn_args(root, out, steps, **changes) -> mdnrnn.MDNRNNConfig:
@@ -174,3 +188,49 @@ def test_reward_probe_reports_the_head_and_each_probe(encoded, tmp_path):
     assert [(r["probe"], r["features"]) for r in probes] == [
         (p, f) for f in reward_probe.FEATURES for p in ("ridge", "MLP 256-256")]
     assert all(-1.0 <= r["held_out_corr"] <= 1.0 for r in probes)
+
+
+def test_encode_records_policies_and_training_leaves_privileged_ones_out(driven, tmp_path):
+    root, policies = driven
+    recorded = [load_latents(root / "latents" / shard_name(i))["policy"] for i in range(len(policies))]
+    assert recorded == policies
+    mdnrnn.train(mdn_args(root, tmp_path / "m", steps=2))
+    meta = load_bundle(tmp_path / "m" / "bundle").metadata
+    train_policies = meta["train_policies"]
+    assert "track" not in train_policies and "track-perturbed" not in train_policies
+    held = meta["heldout_rollouts"]
+    assert meta["train_rollouts"] == sum(train_policies.values()) >= 1
+    assert meta["train_rollouts"] + held + meta["left_out_rollouts"] == len(policies)
+    assert meta["left_out_rollouts"] >= 1  # at least one privileged rollout is on the train side
+
+    mdnrnn.train(mdn_args(root, tmp_path / "p", steps=2, privileged_data=True))
+    meta = load_bundle(tmp_path / "p" / "bundle").metadata
+    assert meta["left_out_rollouts"] == 0 and meta["train_rollouts"] + meta["heldout_rollouts"] == len(policies)
+
+
+def test_only_privileged_training_data_is_a_clear_error(encoded, tmp_path):
+    root = tmp_path / "track_only"
+    (root / "rollouts").mkdir(parents=True)
+    rng = np.random.default_rng(2)
+    for i in range(4):
+        write_shard(root / "rollouts" / shard_name(i), synthetic_episode(rng, 30, terminal=False), {"policy": "track"})
+    (root / "vae").symlink_to(encoded / "vae")
+    encode.main(["--data", str(root / "rollouts"), "--vae", str(root / "vae"), "--out", str(root / "latents")])
+    with pytest.raises(SystemExit, match="privileged policy .*--privileged-data"):
+        mdnrnn.train(mdn_args(root, tmp_path / "m", steps=2))
+    mdnrnn.train(mdn_args(root, tmp_path / "m", steps=2, privileged_data=True))
+    meta = load_bundle(tmp_path / "m" / "bundle").metadata
+    assert meta["train_policies"] == {"track": meta["train_rollouts"]} and meta["left_out_rollouts"] == 0
+
+
+def test_latents_without_a_policy_are_re_encoded_not_trained_on(encoded, tmp_path, capsys):
+    old = tmp_path / "latents"
+    old.mkdir()
+    for i in range(len(LENGTHS)):  # the format before policies were recorded
+        data = load_latents(encoded / "latents" / shard_name(i))
+        np.savez(old / shard_name(i), **{k: data[k] for k in FIELDS}, vae=np.array("x"))
+    with pytest.raises(LatentError, match="no driving policy recorded.*train.encode"):
+        load_latents(old / shard_name(0))
+    encode.main(["--data", str(encoded / "rollouts"), "--vae", str(encoded / "vae"), "--out", str(old)])
+    assert f"encoded {len(LENGTHS)} rollouts ({len(LENGTHS)} re-encoded" in capsys.readouterr().out
+    assert load_latents(old / shard_name(0))["policy"] == "unknown"

@@ -15,7 +15,7 @@ from dreamenv.model import DEFAULT_MODEL
 from train import pipeline, ship
 from train.config import load_config
 
-TINY = dict(episodes=2, perturbed_episodes=1, offroad_episodes=1, max_steps=60, vae_steps=6, vae_batch=8,
+TINY = dict(episodes=2, perturbed_episodes=1, offroad_episodes=2, max_steps=60, vae_steps=6, vae_batch=8,
             mdn_steps=20, seq_len=8, workers=2, iterations=1, iter_episodes=1, iter_mdn_steps=5,
             agent_timesteps=1024, eval_episodes=1)
 ARGV = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
@@ -55,18 +55,19 @@ def test_pipeline_from_nothing_then_ship_installs_a_loadable_model(tmp_path):
                                             "iter0-agent", "iter1-collect", "iter1-encode", "iter1-mdnrnn",
                                             "iter1-agent"}
     assert record["config"] == {**pipeline.to_json(pipeline.QUICK), **TINY, "out": str(out)}
-    assert record["data"]["rollouts"] == 5 and record["command"].startswith("python -m train.pipeline --quick")
+    assert record["data"]["rollouts"] == 6 and record["command"].startswith("python -m train.pipeline --quick")
     assert [r["iteration"] for r in record["iterations"]] == [0, 1]
     assert all(r["real"]["episodes"] == 1 and np.isfinite(r["real"]["mean"]) for r in record["iterations"])
     manifest = json.loads((out / "rollouts" / "manifest.json").read_text())["shards"]
-    assert [s["policy"] for s in manifest] == ["mix", "mix", "track-perturbed", "ou",
+    assert [s["policy"] for s in manifest] == ["mix", "mix", "track-perturbed", "ou", "ou",
                                                str(out / "iter0" / "agent" / "agent.zip")]
     assert manifest[-1]["model"] == str(out / "bundle")
     assert load_config(out / "mdnrnn" / "run_config.json", pipeline.mdnrnn.MDNRNNConfig).start_fraction == 0.1
 
     base, last = load_bundle(out / "bundle"), load_bundle(out / "iter1" / "bundle")
-    assert base.metadata["train_rollouts"] + base.metadata["heldout_rollouts"] == 4  # the base model stays
-    assert last.metadata["train_rollouts"] + last.metadata["heldout_rollouts"] == 5
+    seen = lambda meta: meta["train_rollouts"] + meta["heldout_rollouts"] + meta["left_out_rollouts"]
+    assert seen(base.metadata) == 5 and seen(last.metadata) == 6  # the base model stays
+    assert not {"track", "track-perturbed"} & set(base.metadata["train_policies"])  # privileged: VAE only
     assert last.metadata["init"] == str(out / "bundle") and last.metadata["iteration"] == 1
     assert last.metadata["command"] == record["command"] and last.metadata["git_commit"] == record["git_commit"]
     assert last.metadata["agent_real_episodes"] == 1
@@ -85,7 +86,7 @@ def test_pipeline_from_nothing_then_ship_installs_a_loadable_model(tmp_path):
     assert shipped.metadata == last.metadata and shipped.mdnrnn == last.mdnrnn
     text = card.read_text()
     assert "| vae_mse_per_pixel |" in text and "| mse_ratio_to_persistence |" in text
-    assert f"`{record['command']}`" in text and "| 1 | 5 |" in text and "a share 0.1 of them" in text
+    assert f"`{record['command']}`" in text and "| 1 | 6 |" in text and "a share 0.1 of them" in text
     for png in ("recon.png", "dream.png"):
         assert (card.parent / "card" / png).read_bytes()[:4] == b"\x89PNG"
     strip = imageio.imread(card.parent / "card" / "dream.png")[..., :3] / 255.0

@@ -1,9 +1,10 @@
 """Encode rollout shards into latent rollouts: `python -m train.encode` (`EncodeConfig`).
 
 Runs the trained VAE's encoder (batched, jitted) over every shard in --data and writes one
-latent file per rollout into --out (`train.latents`: mu, logvar, action, reward, done, and the
-VAE's fingerprint). Reruns skip rollouts already encoded by the same VAE; files encoded by a
-different VAE are re-encoded (and counted), never mixed in.
+latent file per rollout into --out (`train.latents`: mu, logvar, action, reward, done, the VAE's
+fingerprint and the policy that drove the rollout). Reruns skip rollouts already encoded by the
+same VAE; files encoded by a different VAE, or recording no policy, are re-encoded (and counted),
+never mixed in.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from dreamenv.shards import list_shards, load_shard
 from dreamenv.vae import VAE, jit_options
 from train.config import cli, require
 from train.latents import read_fingerprint, vae_fingerprint, write_latents
+from train.policies import episode_policy
 from train.vae_run import load_vae_run
 
 
@@ -82,7 +84,8 @@ def run(config: EncodeConfig) -> dict:
         episode = load_shard(shard)
         mu, logvar = encode(episode["obs"])
         write_latents(target, dict(mu=mu, logvar=logvar, action=episode["action"],
-                                   reward=episode["reward"], done=episode["terminated"]), fingerprint)
+                                   reward=episode["reward"], done=episode["terminated"]), fingerprint,
+                      episode_policy(episode["meta"]))
         counts["encoded"] += 1
     return {**counts, "vae": fingerprint}
 

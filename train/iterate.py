@@ -67,7 +67,8 @@ def stages(config, collect_base: collect.CollectConfig) -> list[tuple[str, objec
                 latents=out / "latents", vae=out / "vae", out=iteration_dir(out, i) / "mdnrnn",
                 bundle=bundle_of(out, i), init=bundle_of(out, i - 1), steps=config.iter_mdn_steps,
                 seq_len=config.seq_len, lr=config.iter_lr, lr_end=config.iter_lr / 10,
-                start_fraction=config.start_fraction, eval_every=max(config.iter_mdn_steps // 2, 1),
+                start_fraction=config.start_fraction, privileged_data=config.privileged_data,
+                eval_every=max(config.iter_mdn_steps // 2, 1),
                 seed=config.seed + i)),
             (f"iter{i}-agent", agent_config(config, i)),
         ]
@@ -87,7 +88,7 @@ def records(out: Path, iterations: int) -> list[dict]:
         rows.append({"iteration": i, "real": r["real"], "dream": r["dream"], "agent": r["agent"],
                      "bundle": str(bundle_of(out, i)), "mdnrnn_heldout": meta.get("mdnrnn_metrics"),
                      "train_rollouts": meta.get("train_rollouts"), "train_steps": meta.get("train_steps"),
-                     "rollouts": meta.get("train_rollouts", 0) + meta.get("heldout_rollouts", 0)})
+                     "rollouts": sum(meta.get(k, 0) for k in ("train_rollouts", "heldout_rollouts", "left_out_rollouts"))})
     return rows
 
 

@@ -7,6 +7,7 @@ One `.npz` per rollout, named like its source shard, in a latent folder:
     reward      float32 [T]      reward received after action t
     done        bool    [T]      true terminal step (not time-limit truncation)
     vae         str     []       fingerprint of the VAE that encoded it
+    policy      str     []       the policy that drove the rollout (`train.policies.episode_policy`)
 
 Training samples z ~ N(mu, σ²) afresh each time, which regularises the RNN.
 """
@@ -40,44 +41,61 @@ def vae_fingerprint(vae, params) -> str:
     return h.hexdigest()[:16]
 
 
-def write_latents(path: Path, arrays: dict, fingerprint: str) -> None:
-    """Write one rollout's latent arrays (FIELDS) atomically."""
+def write_latents(path: Path, arrays: dict, fingerprint: str, policy: str) -> None:
+    """Write one rollout's latent arrays (FIELDS), its VAE fingerprint and driving policy atomically."""
     data = {k: np.asarray(arrays[k]) for k in FIELDS}
-    data["vae"] = np.array(fingerprint)
+    data["vae"], data["policy"] = np.array(fingerprint), np.array(policy)
     atomic_write(path, lambda f: np.savez(f, **data))
 
 
-def read_fingerprint(path: Path) -> str | None:
-    """The VAE fingerprint stored in a latent file, or None if the file is unreadable."""
+def _read_field(path: Path, key: str) -> str | None:
+    """One string field of a latent file, or None if the file is unreadable or lacks it."""
     try:
         with np.load(path, allow_pickle=False) as npz:
-            return str(npz["vae"])
+            return str(npz[key])
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError):
         return None
 
 
+def read_policy(path: Path) -> str | None:
+    """The driving policy recorded in a latent file, or None if unreadable or not recorded."""
+    return _read_field(path, "policy")
+
+
+def read_fingerprint(path: Path) -> str | None:
+    """The VAE fingerprint stored in a latent file, or None if the file is unreadable or records no
+    driving policy (written before policies were recorded): either way it must be re-encoded."""
+    return _read_field(path, "vae") if read_policy(path) is not None else None
+
+
 def load_latents(path: Path, fingerprint: str | None = None) -> dict:
-    """Load and check one latent file -> {FIELDS...}; `fingerprint` must match if given."""
+    """Load and check one latent file -> {FIELDS..., "policy": str}; `fingerprint` must match if given."""
     try:
         with np.load(path, allow_pickle=False) as npz:
+            files = npz.files
             data = {k: npz[k] for k in (*FIELDS, "vae")}
+            policy = str(npz["policy"]) if "policy" in files else None
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError) as err:
         raise LatentError(f"{path}: unreadable latent file ({type(err).__name__}: {err}); "
                           f"rerun `python -m train.encode`") from err
+    if policy is None:
+        raise LatentError(f"{path}: no driving policy recorded (encoded before policies were); "
+                          f"rerun `python -m train.encode` to re-encode it")
     if fingerprint is not None and str(data["vae"]) != fingerprint:
         raise LatentError(f"{path}: encoded by VAE {data['vae']}, expected {fingerprint}; "
                           f"rerun `python -m train.encode` to re-encode with the current VAE")
     steps = len(data["reward"])
     if data["mu"].shape != data["logvar"].shape or len(data["mu"]) != steps or len(data["action"]) != steps:
         raise LatentError(f"{path}: fields disagree on the number of steps")
-    return {k: data[k] for k in FIELDS}
+    return {**{k: data[k] for k in FIELDS}, "policy": policy}
 
 
 @dataclasses.dataclass
 class LatentSet:
     """Rollouts padded to one length, for on-device window sampling.
 
-    mu, logvar [N, Tmax, D]; action [N, Tmax, A]; reward, done [N, Tmax]; length [N].
+    mu, logvar [N, Tmax, D]; action [N, Tmax, A]; reward, done [N, Tmax]; length [N];
+    names, policies [N] (file stem, driving policy).
     """
 
     mu: np.ndarray
@@ -87,9 +105,11 @@ class LatentSet:
     done: np.ndarray
     length: np.ndarray
     names: list
+    policies: list
 
     @classmethod
     def from_files(cls, paths: list[Path], fingerprint: str | None = None) -> "LatentSet":
+        """Load `paths`, each checked against `fingerprint`; LatentError for a bad file or none."""
         if not paths:
             raise LatentError("no latent files given; run `python -m train.encode` first")
         rollouts = [load_latents(p, fingerprint) for p in paths]
@@ -103,7 +123,8 @@ class LatentSet:
             return out
 
         lengths = np.array([len(r["reward"]) for r in rollouts], np.int32)
-        return cls(*(pad(k) for k in FIELDS), length=lengths, names=[p.stem for p in paths])
+        return cls(*(pad(k) for k in FIELDS), length=lengths, names=[p.stem for p in paths],
+                   policies=[r["policy"] for r in rollouts])
 
     @property
     def steps(self) -> int:

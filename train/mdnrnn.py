@@ -11,10 +11,17 @@ metrics) to --bundle (default OUT/bundle). --init BUNDLE fine-tunes that bundle'
 Training latents are sampled afresh, z ~ N(mu, σ²), as the paper does (--z-noise 1): the dream
 feeds the memory its own samples, so it must learn from inputs that noisy. A share
 --start-fraction of the windows begin at an episode's first step, where every dream begins.
+
+Rollouts driven by a privileged policy (`train.policies.PRIVILEGED`: the scripted track followers,
+which read the simulator's track) are left out of training unless --privileged-data: their
+actions tell what the road ahead does, so a model trained on them learns that the road follows
+the car and pays any fixed control (docs/RESULTS.md, "Privileged data"). The held-out rollouts
+keep every policy.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import sys
@@ -30,9 +37,10 @@ from dreamenv.checkpoint import Bundle, load_bundle, module_config, save_bundle
 from dreamenv.mdnrnn import MDNRNN
 from train.config import cli, require, require_dir, save_config
 from train.devices import constrain_batch, data_mesh, replicated, replicated_jit
-from train.latents import LatentSet, vae_fingerprint
+from train.latents import LatentSet, read_policy, vae_fingerprint
 from train.loop import LoopConfig, Trainer, fit
 from train.mdnrnn_loss import evaluate, gather_windows, sample_windows, window_loss
+from train.policies import PRIVILEGED
 from train.split import split_rollouts
 from train.vae_run import load_vae_config, load_vae_run
 
@@ -63,6 +71,9 @@ class MDNRNNConfig:
     """scale of the posterior noise in training latents (1: z ~ N(mu, σ²), the paper's; 0: means)"""
     start_fraction: float = 0.0
     """share of training windows that begin at an episode's first step (where dreams begin)"""
+    privileged_data: bool = False
+    """also train on rollouts of privileged policies (track followers); off: they confound action
+    and road (docs/RESULTS.md, "Privileged data")"""
     reward_weight: float = 1.0
     done_weight: float = 1.0
     eval_every: int = 2000
@@ -85,13 +96,20 @@ class MDNRNNConfig:
         return self.bundle or self.out / "bundle"
 
 
-def load_split(latents: Path, vae_run: Path, fingerprint: str) -> tuple[LatentSet, LatentSet]:
-    """Train and held-out latent rollouts, split exactly as the VAE run split its shards."""
+def load_split(latents: Path, vae_run: Path, fingerprint: str,
+               privileged_data: bool = False) -> tuple[LatentSet, LatentSet]:
+    """Train and held-out latent rollouts, split exactly as the VAE run split its shards; the train
+    side leaves out privileged policies' rollouts unless `privileged_data`. SystemExit if none is left."""
     paths = sorted(latents.glob("rollout_*.npz"))
     if not paths:
         raise SystemExit(f"no latent files in {latents}; run `python -m train.encode` first")
     vae_args = json.loads((vae_run / "run_config.json").read_text())
     train_paths, held_paths = split_rollouts(paths, vae_args["holdout"], vae_args["seed"])
+    if not privileged_data:
+        train_paths = [p for p in train_paths if read_policy(p) not in PRIVILEGED]
+        if not train_paths:
+            raise SystemExit(f"{latents}: every training rollout was driven by a privileged policy "
+                             f"{sorted(PRIVILEGED)}; collect others (train/policies.py) or pass --privileged-data")
     return LatentSet.from_files(train_paths, fingerprint), LatentSet.from_files(held_paths, fingerprint)
 
 
@@ -196,7 +214,7 @@ def train(config: MDNRNNConfig) -> dict:
     vae, vae_params = load_vae_run(config.vae)
     _, frames = load_vae_config(config.vae)
     fingerprint = vae_fingerprint(vae, vae_params)
-    train_set, held = load_split(config.latents, config.vae, fingerprint)
+    train_set, held = load_split(config.latents, config.vae, fingerprint, config.privileged_data)
     model = MDNRNN(latent_dim=train_set.mu.shape[-1], action_dim=train_set.action.shape[-1],
                    hidden_size=config.hidden_size, num_mixtures=config.mixtures, sigma_min=config.sigma_min)
     k_init, key = jax.random.split(jax.random.key(config.seed))
@@ -219,7 +237,9 @@ def train(config: MDNRNNConfig) -> dict:
         mdnrnn_params=jax.device_get(trainer.params), start_latents=start_latents(train_set),
         metadata={"trained": True, "vae_fingerprint": fingerprint,
                   "train_rollouts": len(train_set.length), "train_steps": train_set.steps,
-                  "heldout_rollouts": len(held.length), "mdnrnn_metrics": scalars(final["heldout"]),
+                  "heldout_rollouts": len(held.length),
+                  "left_out_rollouts": len(sorted(config.latents.glob("rollout_*.npz"))) - len(train_set.length) - len(held.length),
+                  "train_policies": dict(collections.Counter(train_set.policies)), "mdnrnn_metrics": scalars(final["heldout"]),
                   "init": config.init and str(config.init)},
     )
     save_bundle(bundle_path, bundle, dtype=config.bundle_dtype)

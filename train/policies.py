@@ -37,6 +37,7 @@ class Policy:
     """Base: subclasses set `name`, draw `params` in reset and act from obs and env."""
 
     name = "policy"
+    privileged = False  # reads the simulator's state: its data is kept out of MDN-RNN training by default
 
     def __init__(self):
         self.params: dict = {}
@@ -149,6 +150,7 @@ class TrackFollowerPolicy(Policy):
     """
 
     name = "track"
+    privileged = True
     recovery_speed = 30.0  # on grass, slow to this before rejoining the road
 
     def reset(self, rng, env):
@@ -342,6 +344,10 @@ POLICIES: dict[str, type[Policy]] = {
                               RandomMixPolicy)
 }
 
+
+PRIVILEGED = frozenset(name for name, cls in POLICIES.items() if cls.privileged)
+"""Policies that read the simulator's track: their actions tell what the road ahead does, so a model
+trained on them learns that the road follows the car (docs/RESULTS.md, "Privileged data")."""
 
 AGENT_SUFFIXES = (".zip", ".npz")
 

@@ -122,7 +122,8 @@ def card(run: Path, bundle: Bundle, table: dict, dtype: str, size_mb: float, con
     meta, record = bundle.metadata, json.loads((run / "pipeline.json").read_text())
     settings, vae_hist = record["config"], json.loads((run / "vae" / "metrics.json").read_text())["history"]
     manifest = json.loads((run / "rollouts" / "manifest.json").read_text())["shards"]
-    manifest = manifest[: meta["train_rollouts"] + meta["heldout_rollouts"]]  # what this model saw
+    seen = meta["train_rollouts"] + meta["heldout_rollouts"] + meta["left_out_rollouts"]
+    manifest = manifest[:seen]  # what this model's data held
     choices: dict[str, int] = {}
     for s in manifest:
         choices[episode_policy(s)] = choices.get(episode_policy(s), 0) + 1
@@ -147,7 +148,8 @@ simulator's track and `track-perturbed` the same follower overridden in random s
 state-independent actions (both privileged, data only); `ou` wanders off the road; `agent` rollouts
 were driven by the previous iteration's dream-trained agent (see `train/policies.py`). Rollouts are
 split by name hash: {meta["train_rollouts"]} train, {meta["heldout_rollouts"]} held out (the VAE and
-the MDN-RNN hold out the same ones).
+the MDN-RNN hold out the same ones); {meta["left_out_rollouts"]} privileged training rollouts trained the
+VAE only (the MDN-RNN trained on {json.dumps(meta["train_policies"])}).
 
 ## Training
 
