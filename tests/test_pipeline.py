@@ -67,8 +67,9 @@ def test_pipeline_from_nothing_then_ship_installs_a_loadable_model(tmp_path):
     base, last = load_bundle(out / "bundle"), load_bundle(out / "iter1" / "bundle")
     seen = lambda meta: meta["train_rollouts"] + meta["heldout_rollouts"] + meta["left_out_rollouts"]
     assert seen(base.metadata) == 5 and seen(last.metadata) == 6  # the base model stays
-    assert not {"track", "track-perturbed"} & set(base.metadata["train_policies"])  # privileged: VAE only
-    assert last.metadata["init"] == str(out / "bundle") and last.metadata["iteration"] == 1
+    assert base.metadata["left_out_rollouts"] == 0  # the base model trains on the privileged drivers too
+    assert not {"track", "track-perturbed"} & set(last.metadata["train_policies"])  # the iterations' do not
+    assert last.metadata["init"] is None and last.metadata["iteration"] == 1  # trained afresh
     assert last.metadata["command"] == record["command"] and last.metadata["git_commit"] == record["git_commit"]
     assert last.metadata["agent_real_episodes"] == 1
     assert len(json.dumps(json.loads((out / "iter1" / "bundle" / CONFIG_FILE).read_text())["metadata"])) <= 5 * 1024

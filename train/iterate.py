@@ -5,10 +5,11 @@ After the base model (DIR/bundle, "iteration 0"):
     DIR/iter0/agent/      agent A_0 trained in the base dream (train.agent), scored on the real game
     for i = 1..K:
       DIR/rollouts/       + iter_episodes real rollouts driven by A_{i-1} through its own world
-                          model, perturbed segments as exploration (train/policies.py AgentPolicy),
+                          model, perturbed segments and idle starts as exploration (AgentPolicy),
                           numbered after the earlier ones, so the held-out split keeps its rollouts
       DIR/latents/        + those rollouts encoded by the same VAE (the VAE is not retrained)
-      DIR/iter{i}/mdnrnn  M_{i-1}'s MDN-RNN fine-tuned on all the data (MDNRNNConfig.init)
+      DIR/iter{i}/mdnrnn  an MDN-RNN trained afresh on all the data but the privileged drivers'
+                          (a fine-tune of M_{i-1} keeps the bias they taught it: docs/RESULTS.md)
       DIR/iter{i}/bundle  the new world model M_i
       DIR/iter{i}/agent/  a fresh agent A_i trained in M_i's dream; its real score
 
@@ -65,8 +66,7 @@ def stages(config, collect_base: collect.CollectConfig) -> list[tuple[str, objec
             (f"iter{i}-encode", encode_config(out)),
             (f"iter{i}-mdnrnn", mdnrnn.MDNRNNConfig(
                 latents=out / "latents", vae=out / "vae", out=iteration_dir(out, i) / "mdnrnn",
-                bundle=bundle_of(out, i), init=bundle_of(out, i - 1), steps=config.iter_mdn_steps,
-                seq_len=config.seq_len, lr=config.iter_lr, lr_end=config.iter_lr / 10,
+                bundle=bundle_of(out, i), steps=config.iter_mdn_steps, seq_len=config.seq_len,
                 start_fraction=config.start_fraction, privileged_data=config.privileged_data,
                 eval_every=max(config.iter_mdn_steps // 2, 1),
                 seed=config.seed + i)),

@@ -12,7 +12,7 @@ Runs every stage in order, each as its own command would (the stage functions, c
                     train the VAE but not the MDN-RNN unless `privileged_data`)
     DIR/bundle/     the base model, iteration 0: gym.make("DreamCarRacing-v0", model="DIR/bundle")
     DIR/iter{i}/    `iterations` rounds of the paper's iterative training (train/iterate.py): an
-                    agent trained in the last dream collects real rollouts, the MDN-RNN is fine-tuned
+                    agent trained in the last dream collects real rollouts, an MDN-RNN is trained afresh
                     on all the data, and a fresh agent is trained in the new dream and scored on the
                     real game; DIR/iter{K}/ holds the last model and its agent
     DIR/pipeline.json  the command, the config, the git commit, seconds per stage, data size and
@@ -74,17 +74,18 @@ class PipelineConfig:
     seq_len: int = 32
     start_fraction: float = 0.1
     """share of MDN-RNN training windows that begin at an episode's first step, where dreams begin"""
+    base_privileged_data: bool = True
+    """the base MDN-RNN trains on the track followers' rollouts too: its agent must drive well enough
+    to collect useful data (without them iteration 0 scored -82: docs/RESULTS.md)"""
     privileged_data: bool = False
-    """train the MDN-RNN on the track followers' rollouts too (off: they train the VAE only and are
-    scored as held-out data; train.mdnrnn --privileged-data)"""
+    """the iterations' MDN-RNNs train on them too (off: they train the VAE only and are scored as
+    held-out data; train.mdnrnn --privileged-data)"""
     iterations: int = 1
     """rounds of iterative training after the base model"""
     iter_episodes: int = 100
     """real rollouts each iteration's agent collects"""
-    iter_mdn_steps: int = 4000
-    """MDN-RNN fine-tuning steps per iteration"""
-    iter_lr: float = 3e-4
-    """fine-tuning starts from a trained model: lower than training's 1e-3"""
+    iter_mdn_steps: int = 8000
+    """MDN-RNN training steps per iteration"""
     agent_timesteps: int = 262_144
     """PPO steps in the dream for each iteration's agent"""
     eval_episodes: int = 100
@@ -101,7 +102,7 @@ class PipelineConfig:
                 mdn_steps=(self.mdn_steps >= 1, pos), seq_len=(self.seq_len >= 1, pos),
                 start_fraction=(0 <= self.start_fraction <= 1, "in [0, 1]"),
                 iterations=(self.iterations >= 0, nonneg), iter_episodes=(self.iter_episodes >= 1, pos),
-                iter_mdn_steps=(self.iter_mdn_steps >= 1, pos), iter_lr=(self.iter_lr > 0, "> 0"),
+                iter_mdn_steps=(self.iter_mdn_steps >= 1, pos),
                 agent_timesteps=(self.agent_timesteps >= 1, pos), eval_episodes=(self.eval_episodes >= 1, pos))
 
     @property
@@ -171,7 +172,7 @@ def stages(config: PipelineConfig) -> list[Stage]:
         Stage("mdnrnn", mdnrnn.MDNRNNConfig(latents=out / "latents", vae=out / "vae", out=out / "mdnrnn",
                                             bundle=out / "bundle", steps=config.mdn_steps, seq_len=config.seq_len,
                                             start_fraction=config.start_fraction,
-                                            privileged_data=config.privileged_data, eval_every=max(config.mdn_steps // 4, 1), seed=config.seed)),
+                                            privileged_data=config.base_privileged_data, eval_every=max(config.mdn_steps // 4, 1), seed=config.seed)),
         *(Stage(name, c) for name, c in iterate.stages(config, base)),
     ]
 

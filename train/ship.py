@@ -157,11 +157,11 @@ VAE only (the MDN-RNN trained on {json.dumps(meta["train_policies"])}).
   {settings["vae_batch"]} frames; held-out MSE/pixel by step: {", ".join(f'{h["step"]}: {h["heldout_mse_per_pixel"]:.5f}' for h in vae_hist)}.
 - MDN-RNN (LSTM {bundle.mdnrnn.hidden_size}, {bundle.mdnrnn.num_mixtures} components): {settings["mdn_steps"]} steps on
   windows of {settings["seq_len"]} of sampled latents z ~ N(mu, σ²), a share {settings["start_fraction"]} of them starting
-  at an episode's first step (where every dream starts); then fine-tuned {settings["iter_mdn_steps"]} steps on all
-  the data at each of {meta["iteration"]} iteration(s).
+  at an episode's first step (where every dream starts); at each of {meta["iteration"]} iteration(s), one trained
+  afresh for {settings["iter_mdn_steps"]} steps on all the data but the privileged drivers'.
 - Iterative training (the paper's procedure): each iteration, the previous model's dream-trained
   PPO agent ({settings["agent_timesteps"]} dream steps) drove {settings["iter_episodes"]} new real rollouts (with
-  perturbed segments as exploration); a fresh agent trained in each model's dream was scored on
+  perturbed segments and idle starts as exploration); a fresh agent trained in each model's dream was scored on
   real episodes on tracks no training used (seeds from 100000):
 
 | iteration | rollouts | agent's dream return | agent's real return (episodes) |
