@@ -214,17 +214,12 @@ def test_agent_policy_drives_as_on_the_latent_env_outside_perturbed_segments(con
     env = make_env(40)
     obs, _ = env.reset(seed=7)
     policy.reset(np.random.default_rng(0), env)
-    policy.perturb.share, policy.idle_left = 0.0, 0
+    policy.perturb.share = 0.0
     taken = []
     for _ in range(40):
         taken.append(policy.act(obs, env))
         obs, *_ = env.step(taken[-1])
     np.testing.assert_allclose(taken, expected, atol=1e-5)
-    obs, _ = env.reset(seed=7)  # an idle start: zeros for its steps, then the agent drives
-    policy.reset(np.random.default_rng(0), env)
-    policy.perturb.share, policy.idle_left = 0.0, 5
-    idle = [policy.act(obs, env) for _ in range(5)]
-    assert np.all(np.array(idle) == 0) and np.any(policy.act(obs, env) != 0)
 
 
 def test_agent_rollouts_are_added_and_recorded(collected, controller_file, bundle_path, tmp_path):
@@ -235,7 +230,7 @@ def test_agent_rollouts_are_added_and_recorded(collected, controller_file, bundl
     assert not result.failures, result.failures
     meta = load_shard(out / shard_name(2))["meta"]
     assert meta["policy"] == str(controller_file) and meta["model"] == str(bundle_path)
-    assert 0.1 <= meta["params"]["perturbed_share"] <= 0.3 and 0 <= meta["params"]["idle_start"] < 200
+    assert 0.1 <= meta["params"]["perturbed_share"] <= 0.3
     assert collect.run(config, progress=False).skipped == 1
 
 

@@ -267,12 +267,10 @@ class AgentPolicy(Policy):
     The agent (an SB3 .zip or a controller .npz, see train/evaluate.py) reads the raw frames
     through `model` exactly as on LatentCarRacing-v0; a `SegmentPerturbation` over 10-30 % of
     the segments (per episode) is the exploration noise, so the new data shows what actions do
-    in the states this agent reaches. In a share `idle_share` of the episodes the car first stands
-    idle (no steer, gas or brake) for 20-199 steps: no other driver shows what idling does.
+    in the states this agent reaches.
     """
 
     name = "agent"
-    idle_share = 0.25
 
     def __init__(self, path: str, model=None):
         super().__init__()
@@ -289,20 +287,14 @@ class AgentPolicy(Policy):
         self.observer = RealObserver(world, self.agent.obs)
 
     def reset(self, rng, env):
-        share = float(rng.uniform(0.1, 0.3))
-        idle = int(rng.integers(20, 200)) if rng.random() < self.idle_share else 0
-        self.params = {"agent": self.path, "perturbed_share": share, "idle_start": idle}
-        self.perturb = SegmentPerturbation(rng, share)
-        self.idle_left, self.last = idle, None  # steps left idle, the last action
+        self.params = {"agent": self.path, "perturbed_share": float(rng.uniform(0.1, 0.3))}
+        self.perturb = SegmentPerturbation(rng, self.params["perturbed_share"])
+        self.last = None  # the last action
 
     def act(self, obs, env):
         seen = self.observer.first(obs) if self.last is None else self.observer.next(self.last, obs)
         steer, gas, brake = self.agent.act(seen[None])[0]
-        if self.idle_left:
-            self.idle_left -= 1
-            self.last = to_action(0.0, 0.0, 0.0)
-        else:
-            self.last = self.perturb(to_action(steer, gas, brake))
+        self.last = self.perturb(to_action(steer, gas, brake))
         return self.last
 
 
