@@ -5,7 +5,7 @@ After the base model (DIR/bundle, "iteration 0"):
     DIR/iter0/agent/      agent A_0 trained in the base dream (train.agent), scored on the real game
     for i = 1..K:
       DIR/rollouts/       + iter_episodes real rollouts driven by A_{i-1} through its own world
-                          model, perturbed segments and idle starts as exploration (AgentPolicy),
+                          model, perturbed segments as exploration (train/policies.py AgentPolicy),
                           numbered after the earlier ones, so the held-out split keeps its rollouts
       DIR/latents/        + those rollouts encoded by the same VAE (the VAE is not retrained)
       DIR/iter{i}/mdnrnn  an MDN-RNN trained afresh on all the data but the privileged drivers'

@@ -13,7 +13,7 @@ callable given as 'package.module:factory' (a zero-argument callable returning `
                 by state-independent ones (data only), so the data shows what each action does
     mix         per episode, one of ou, controller, track by weight (the default: 70% track, 15% each other)
     random      per episode, ou or controller (half each): the non-privileged data regime
-    PATH.zip | PATH.npz  a dream-trained agent (SB3 or controller) with perturbed segments and idle starts
+    PATH.zip | PATH.npz  a dream-trained agent (SB3 or controller) with perturbed segments as exploration
 
 PRIVILEGED policies' rollouts train the VAE but not the MDN-RNN (`train.mdnrnn --privileged-data`).
 """

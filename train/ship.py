@@ -161,7 +161,7 @@ VAE only (the MDN-RNN trained on {json.dumps(meta["train_policies"])}).
   afresh for {settings["iter_mdn_steps"]} steps on all the data but the privileged drivers'.
 - Iterative training (the paper's procedure): each iteration, the previous model's dream-trained
   PPO agent ({settings["agent_timesteps"]} dream steps) drove {settings["iter_episodes"]} new real rollouts (with
-  perturbed segments and idle starts as exploration); a fresh agent trained in each model's dream was scored on
+  perturbed segments as exploration); a fresh agent trained in each model's dream was scored on
   real episodes on tracks no training used (seeds from 100000):
 
 | iteration | rollouts | agent's dream return | agent's real return (episodes) |
