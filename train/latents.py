@@ -72,9 +72,8 @@ def load_latents(path: Path, fingerprint: str | None = None) -> dict:
     """Load and check one latent file -> {FIELDS..., "policy": str}; `fingerprint` must match if given."""
     try:
         with np.load(path, allow_pickle=False) as npz:
-            files = npz.files
             data = {k: npz[k] for k in (*FIELDS, "vae")}
-            policy = str(npz["policy"]) if "policy" in files else None
+            policy = str(npz["policy"]) if "policy" in npz.files else None
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError) as err:
         raise LatentError(f"{path}: unreadable latent file ({type(err).__name__}: {err}); "
                           f"rerun `python -m train.encode`") from err

@@ -215,6 +215,7 @@ def train(config: MDNRNNConfig) -> dict:
     _, frames = load_vae_config(config.vae)
     fingerprint = vae_fingerprint(vae, vae_params)
     train_set, held = load_split(config.latents, config.vae, fingerprint, config.privileged_data)
+    left_out = len(list(config.latents.glob("rollout_*.npz"))) - len(train_set.length) - len(held.length)
     model = MDNRNN(latent_dim=train_set.mu.shape[-1], action_dim=train_set.action.shape[-1],
                    hidden_size=config.hidden_size, num_mixtures=config.mixtures, sigma_min=config.sigma_min)
     k_init, key = jax.random.split(jax.random.key(config.seed))
@@ -237,9 +238,9 @@ def train(config: MDNRNNConfig) -> dict:
         mdnrnn_params=jax.device_get(trainer.params), start_latents=start_latents(train_set),
         metadata={"trained": True, "vae_fingerprint": fingerprint,
                   "train_rollouts": len(train_set.length), "train_steps": train_set.steps,
-                  "heldout_rollouts": len(held.length),
-                  "left_out_rollouts": len(sorted(config.latents.glob("rollout_*.npz"))) - len(train_set.length) - len(held.length),
-                  "train_policies": dict(collections.Counter(train_set.policies)), "mdnrnn_metrics": scalars(final["heldout"]),
+                  "heldout_rollouts": len(held.length), "left_out_rollouts": left_out,
+                  "train_policies": dict(collections.Counter(train_set.policies)),
+                  "mdnrnn_metrics": scalars(final["heldout"]),
                   "init": config.init and str(config.init)},
     )
     save_bundle(bundle_path, bundle, dtype=config.bundle_dtype)

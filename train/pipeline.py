@@ -8,8 +8,8 @@ Runs every stage in order, each as its own command would (the stage functions, c
                     where most episodes that leave the playfield end); see train/policies.py
     DIR/vae/        VAE run: checkpoints, metrics, recon.png, vae.msgpack (train.vae)
     DIR/latents/    encoded rollouts (train.encode)
-    DIR/mdnrnn/     MDN-RNN run: checkpoints, metrics (train.mdnrnn; the track followers' rollouts
-                    train the VAE but not the MDN-RNN unless `privileged_data`)
+    DIR/mdnrnn/     MDN-RNN run: checkpoints, metrics (train.mdnrnn; it trains on the track
+                    followers' rollouts too, the iterations' MDN-RNNs do not: `privileged_data`)
     DIR/bundle/     the base model, iteration 0: gym.make("DreamCarRacing-v0", model="DIR/bundle")
     DIR/iter{i}/    `iterations` rounds of the paper's iterative training (train/iterate.py): an
                     agent trained in the last dream collects real rollouts, an MDN-RNN is trained afresh
@@ -172,7 +172,8 @@ def stages(config: PipelineConfig) -> list[Stage]:
         Stage("mdnrnn", mdnrnn.MDNRNNConfig(latents=out / "latents", vae=out / "vae", out=out / "mdnrnn",
                                             bundle=out / "bundle", steps=config.mdn_steps, seq_len=config.seq_len,
                                             start_fraction=config.start_fraction,
-                                            privileged_data=config.base_privileged_data, eval_every=max(config.mdn_steps // 4, 1), seed=config.seed)),
+                                            privileged_data=config.base_privileged_data,
+                                            eval_every=max(config.mdn_steps // 4, 1), seed=config.seed)),
         *(Stage(name, c) for name, c in iterate.stages(config, base)),
     ]
 
